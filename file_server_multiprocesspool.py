@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""File server whose connections are served by a pool of processes.
+
+Usage: python file_server_multiprocesspool.py [--port 6667] [--workers 5] [--root files/]
+(see --help).  Everything but the pool and the socket handoff lives in fileshare/.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import socket
+
+from fileshare.connection import ServerContext, serve_connection
+from fileshare.handoff import HandoffServer, claim
+from fileshare.server import main_for
+
+_worker_ctx: ServerContext | None = None
+_handoff_path = ""
+
+
+def _init_worker(ctx: ServerContext, handoff_path: str) -> None:
+    global _worker_ctx, _handoff_path
+    _worker_ctx, _handoff_path = ctx, handoff_path
+    # The parent turns Ctrl-C into a graceful stop; a terminal's SIGINT must not kill workers mid-request.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _serve_handed_off(token: bytes) -> None:
+    conn = claim(_handoff_path, token)
+    if conn is not None:
+        serve_connection(conn, _worker_ctx)
+
+
+class ProcessDispatcher:
+    """Each connection goes to a ProcessPoolExecutor; the worker collects the socket by token."""
+
+    def start(self, ctx: ServerContext, workers: int) -> None:
+        self._handoff = HandoffServer()
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_worker, initargs=(ctx, self._handoff.path))
+        # With fork, the pool forks all its workers on the first submit: do it now,
+        # while this is the only thread, so no child inherits a lock held elsewhere.
+        self._executor.submit(os.getpid).result()
+        self._handoff.start()
+
+    def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
+        token = self._handoff.offer(conn)
+        future = self._executor.submit(_serve_handed_off, token)
+        future.add_done_callback(lambda _: self._handoff.withdraw(token))
+        return future
+
+    def force_close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()     # a worker still busy after the grace period
+        self._handoff.close()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.join(5)
+        self._handoff.close()
+
+
+if __name__ == "__main__":
+    main_for(ProcessDispatcher, "File server: each connection is handled by a process from a ProcessPoolExecutor.")

@@ -1,0 +1,388 @@
+"""What a worker does with one client connection, whichever pool it runs in.
+
+A worker thread or a worker process calls :func:`serve_connection` with the
+socket and the server's :class:`ServerContext`; everything it needs to share
+with the other workers (request counters, the stop flag) lives in that
+context, in shared memory, so the thread and process servers behave alike.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing
+import os
+import select
+import socket
+import stat
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol
+from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, StrictBase64Decoder,
+                       UploadData, UploadEnd, UploadStart, error_reply, get_reply_prefix, ok_reply)
+from .streaming import RECV_CHUNK, HashingWriter, iter_encoded
+
+log = logging.getLogger("fileserver")
+
+IDLE_POLL_SECONDS = 0.25   # how often an idle keep-alive connection looks at the stop flag
+
+
+class RequestCounters:
+    """Exact counts of finished requests, shared by every worker thread and process.
+
+    A request is counted before the last byte of its reply is sent, so a client
+    that has its reply can already see itself in STATS.  STATS is not counted,
+    which lets a caller diff two snapshots and get exactly the requests between.
+    """
+
+    SUCCEEDED, FAILED, CONNECTIONS = range(3)
+
+    def __init__(self, mp_context: Any = None) -> None:
+        ctx = mp_context or multiprocessing.get_context()
+        self._values = ctx.Array("q", 3, lock=True)
+
+    def _add(self, index: int, amount: int = 1) -> None:
+        with self._values.get_lock():
+            self._values[index] += amount
+
+    def succeeded(self) -> None:
+        self._add(self.SUCCEEDED)
+
+    def failed(self) -> None:
+        self._add(self.FAILED)
+
+    def success_became_failure(self) -> None:
+        """A reply already counted as a success could not be delivered in full."""
+        with self._values.get_lock():
+            self._values[self.SUCCEEDED] -= 1
+            self._values[self.FAILED] += 1
+
+    def connection_opened(self) -> None:
+        self._add(self.CONNECTIONS)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._values.get_lock():
+            succeeded, failed, connections = self._values[:]
+        return {"succeeded": succeeded, "failed": failed, "connections": connections}
+
+
+@dataclass
+class ServerContext:
+    """Everything a worker needs; picklable into a worker process at its start."""
+    root: str
+    timeout: float
+    max_upload_bytes: int
+    temp_tag: str              # marks this server's temporary upload files
+    counters: RequestCounters
+    stopping: Any              # a multiprocessing Event: set when the server stops
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection, or it went quiet for too long."""
+
+
+class _Upload:
+    """One upload in progress: a hidden temporary file published only when complete."""
+
+    def __init__(self, ctx: ServerContext, name: str) -> None:
+        self.name = name
+        self.decoder = StrictBase64Decoder()
+        self.error: str | None = None
+        fd, self.temp_path = tempfile.mkstemp(prefix=f"{protocol.TEMP_PREFIX}{ctx.temp_tag}-",
+                                              suffix=protocol.TEMP_SUFFIX, dir=ctx.root)
+        self.file = os.fdopen(fd, "wb")
+        self.writer = HashingWriter(self.file)
+
+    def discard(self) -> None:
+        self.writer.abort()
+        self.file.close()
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+    def publish(self, final_path: str) -> str:
+        digest = self.writer.close()
+        os.fchmod(self.file.fileno(), 0o666 & ~_UMASK)
+        self.file.close()
+        os.replace(self.temp_path, final_path)
+        return digest
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+class Connection:
+    """Serve the requests of one connection, one after another, until it closes."""
+
+    def __init__(self, sock: socket.socket, ctx: ServerContext) -> None:
+        self.sock = sock
+        self.ctx = ctx
+        self.parser = RequestParser()
+        self.upload: _Upload | None = None
+        sock.settimeout(ctx.timeout)
+        # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.peer = "%s:%s" % sock.getpeername()[:2]
+        except OSError:
+            self.peer = "?"
+
+    def serve(self) -> None:
+        self.ctx.counters.connection_opened()
+        try:
+            while True:
+                data = self._receive()
+                if not data:
+                    raise ConnectionClosed
+                try:
+                    events = self.parser.feed(data)
+                except ProtocolError as exc:
+                    # The stream cannot be resynchronised: answer, then hang up.
+                    self._discard_upload()
+                    self._reply_error(str(exc))
+                    return
+                for event in events:
+                    if not self._handle(event):
+                        return
+        except ConnectionClosed:
+            if self.upload is not None or not self.parser.idle:
+                log.info("%s went away in the middle of a request", self.peer)
+                self.ctx.counters.failed()
+        except (OSError, TimeoutError) as exc:
+            log.info("%s: connection dropped: %s", self.peer, exc)
+            if self.upload is not None or not self.parser.idle:
+                self.ctx.counters.failed()
+        finally:
+            self._discard_upload()
+            self.sock.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def _receive(self) -> bytes:
+        if self.parser.idle and self.upload is None:
+            self._wait_for_request()
+        try:
+            return self.sock.recv(RECV_CHUNK)
+        except socket.timeout:
+            raise TimeoutError(f"no data for {self.ctx.timeout:g} s") from None
+        except ConnectionResetError:
+            raise ConnectionClosed from None
+
+    def _wait_for_request(self) -> None:
+        """Wait for the next request, giving up on shutdown or after the idle timeout."""
+        waited = 0.0
+        while waited < self.ctx.timeout:
+            if self.ctx.stopping.is_set():
+                raise ConnectionClosed
+            readable, _, _ = select.select([self.sock], [], [], IDLE_POLL_SECONDS)
+            if readable:
+                return
+            waited += IDLE_POLL_SECONDS
+        raise TimeoutError(f"idle for {self.ctx.timeout:g} s")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _handle(self, event: protocol.RequestEvent) -> bool:
+        """Act on one parser event; False ends the connection."""
+        if isinstance(event, UploadData):
+            return self._upload_data(event.text)
+        if isinstance(event, Request):
+            self._request(event)
+        elif isinstance(event, UploadStart):
+            self._upload_start(event.name)
+        elif isinstance(event, UploadEnd):
+            self._upload_end()
+        return True
+
+    def _request(self, request: Request) -> None:
+        command, argument = request.command, request.argument
+        try:
+            if command == "LIST":
+                self._reply_ok(data=self._list())
+            elif command == "GET":
+                self._get(argument)
+            elif command == "DELETE":
+                self._delete(argument)
+            elif command == "STATS":
+                self.sock.sendall(ok_reply(data=self.ctx.counters.snapshot()))
+            elif command == "UPLOAD":
+                raise ProtocolError("UPLOAD needs a file name and the base64 content: UPLOAD NAME CONTENT")
+            elif not command:
+                raise ProtocolError("empty request; commands are LIST, GET NAME, UPLOAD NAME CONTENT, DELETE NAME")
+            else:
+                raise ProtocolError(f"unknown command {command!r}; commands are LIST, GET NAME, "
+                                    "UPLOAD NAME CONTENT, DELETE NAME")
+        except (ProtocolError, FileError) as exc:
+            self._reply_error(str(exc))
+
+    # ------------------------------------------------------------------ commands
+
+    def _path(self, name: str) -> str:
+        protocol.validate_name(name)
+        return os.path.join(self.ctx.root, name)
+
+    def _list(self) -> list[str]:
+        names = []
+        with os.scandir(self.ctx.root) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    protocol.validate_name(entry.name)
+                except ProtocolError:
+                    continue       # temporary uploads and names nobody could ask for
+                names.append(entry.name)
+        return sorted(names)
+
+    def _get(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            # O_NOFOLLOW: a symlink planted in the folder must not lead outside it.
+            # O_NONBLOCK: opening a FIFO must not hang the worker.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            raise FileError.from_os(name, exc) from None
+        with open(fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileError(f"{name!r} is not a regular file")
+            os.set_blocking(fd, True)
+            try:
+                self.sock.sendall(get_reply_prefix(name))
+                for piece in iter_encoded(source):
+                    self.sock.sendall(piece)
+            except OSError:
+                # Half a reply is out: no ERROR can follow it, only a hang-up.
+                self.ctx.counters.failed()
+                raise
+        self._reply_counted(GET_REPLY_SUFFIX)
+
+    def _delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise FileError(f"{name!r} is not a regular file")
+            os.unlink(path)
+        except OSError as exc:
+            raise FileError.from_os(name, exc) from None
+        self._reply_ok(data=f"{name} deleted")
+
+    # ------------------------------------------------------------------ uploads
+
+    def _upload_start(self, name: str) -> None:
+        try:
+            protocol.validate_name(name)
+            self.upload = _Upload(self.ctx, name)
+        except ProtocolError as exc:
+            self.upload = _RejectedUpload(str(exc))
+        except OSError as exc:
+            self.upload = _RejectedUpload(f"cannot store {name!r}: {exc.strerror}")
+
+    def _upload_data(self, text: Any) -> bool:
+        upload = self.upload
+        if upload is None or upload.error is not None:
+            return True            # drain what follows a rejected upload, then answer
+        try:
+            decoded = upload.decoder.feed(text)
+        except ProtocolError as exc:
+            self._reject_upload(str(exc))
+            return True
+        if upload.decoder.decoded_bytes > self.ctx.max_upload_bytes:
+            self._discard_upload()
+            limit_mb = self.ctx.max_upload_bytes / (1024 * 1024)
+            self._reply_error(f"upload is larger than the server's limit of {limit_mb:g} MiB")
+            return False
+        upload.writer.write(decoded)
+        return True
+
+    def _reject_upload(self, message: str) -> None:
+        self._discard_upload()
+        self.upload = _RejectedUpload(message)
+
+    def _upload_end(self) -> None:
+        upload, self.upload = self.upload, None
+        if upload is None:
+            return
+        if upload.error is not None:
+            self._reply_error(upload.error)
+            return
+        try:
+            upload.decoder.finish()
+            digest = upload.publish(os.path.join(self.ctx.root, upload.name))
+        except ProtocolError as exc:
+            upload.discard()
+            self._reply_error(str(exc))
+            return
+        except OSError as exc:
+            upload.discard()
+            self._reply_error(f"cannot store {upload.name!r}: {exc.strerror or exc}")
+            return
+        except BaseException:
+            upload.discard()
+            raise
+        self._reply_ok(data=f"{upload.name} uploaded", size=upload.writer.size, sha256=digest)
+
+    def _discard_upload(self) -> None:
+        upload, self.upload = self.upload, None
+        if isinstance(upload, _Upload):
+            upload.discard()
+
+    # ------------------------------------------------------------------ replies
+
+    def _reply_ok(self, **fields: Any) -> None:
+        self._reply_counted(ok_reply(**fields))
+
+    def _reply_error(self, message: str) -> None:
+        log.info("%s: ERROR %s", self.peer, message)
+        self.ctx.counters.failed()
+        try:
+            self.sock.sendall(error_reply(message))
+        except OSError:
+            pass               # already counted as failed; the peer is gone
+
+    def _reply_counted(self, reply_tail: bytes) -> None:
+        """Count a success, then send the bytes that complete its reply."""
+        self.ctx.counters.succeeded()
+        try:
+            self.sock.sendall(reply_tail)
+        except BaseException:
+            self.ctx.counters.success_became_failure()
+            raise
+
+
+class _RejectedUpload:
+    """An upload already refused: its content is read and dropped, then ERROR is sent."""
+
+    def __init__(self, message: str) -> None:
+        self.error = message
+
+
+class FileError(Exception):
+    """A file-system problem to report to the client."""
+
+    @classmethod
+    def from_os(cls, name: str, exc: OSError) -> "FileError":
+        if exc.errno == errno.ENOENT:
+            return cls(f"file {name!r} not found")
+        if exc.errno == errno.ELOOP:
+            return cls(f"{name!r} is a symbolic link; only regular files are served")
+        if exc.errno == errno.EISDIR:
+            return cls(f"{name!r} is a directory")
+        return cls(f"cannot access {name!r}: {exc.strerror or exc}")
+
+
+def serve_connection(sock: socket.socket, ctx: ServerContext) -> None:
+    """Serve one client connection to the end; never raises for the client's mistakes."""
+    try:
+        Connection(sock, ctx).serve()
+    except Exception:
+        log.exception("unexpected error while serving a connection")
+        sock.close()

@@ -1,0 +1,252 @@
+"""The server loop both file servers share: command line, listening, shutdown.
+
+A concurrency policy (a :class:`Dispatcher`) decides how an accepted
+connection reaches a worker; everything else lives here, in the spirit of
+``socketserver``: the two server scripts only choose the executor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import logging
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+from . import protocol
+from .connection import RequestCounters, ServerContext
+
+log = logging.getLogger("fileserver")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ROOT = REPO_ROOT / "files"
+DEFAULT_PORT = 6667
+DEFAULT_WORKERS = 5
+AFTER_FORCE_SECONDS = 5.0   # how long to wait for workers once their connections are cut
+
+
+class Dispatcher(Protocol):
+    """How accepted connections reach workers: the one thing the two servers differ in."""
+
+    def start(self, ctx: ServerContext, workers: int) -> None:
+        """Create the pool (before any other thread of the server exists)."""
+
+    def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
+        """Hand ``conn`` to a worker; the dispatcher owns it from now on."""
+
+    def force_close(self) -> None:
+        """The grace period is over: cut every connection still open, drop queued ones."""
+
+    def shutdown(self) -> None:
+        """Release the pool; after this no worker thread or process is left."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+positive_int.__name__ = "positive integer"
+port_number.__name__ = "port number (0-65535)"
+positive_float.__name__ = "positive number"
+
+
+def build_arg_parser(description: str) -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Environment: SERVER_HOST, SERVER_PORT, MAX_WORKERS and FILES_DIR set the defaults; "
+               "flags win. Once ready the server prints one line 'listening on HOST:PORT' to stdout; "
+               "logs go to stderr. SIGTERM or Ctrl-C stop it gracefully.")
+    parser.add_argument("--host", default=env("SERVER_HOST", "127.0.0.1"),
+                        help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=port_number, default=env("SERVER_PORT", str(DEFAULT_PORT)),
+                        help="TCP port; 0 picks any free port (default: %(default)s)")
+    parser.add_argument("--workers", type=positive_int, default=env("MAX_WORKERS", str(DEFAULT_WORKERS)),
+                        help="size of the worker pool (default: %(default)s)")
+    parser.add_argument("--root", default=env("FILES_DIR", str(DEFAULT_ROOT)),
+                        help="folder to serve, created if missing (default: %(default)s)")
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
+                        help="seconds a connection may stay silent or stall before it is closed "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-upload-mb", type=positive_float, default=1024.0,
+                        help="largest upload accepted, in MiB (default: %(default)s)")
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default: %(default)s)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging detail on stderr (default: %(default)s)")
+    return parser
+
+
+def remove_temp_files(root: str, tag: str | None = None) -> int:
+    """Remove upload leftovers: this server's (``tag``), or those of servers no longer running."""
+    pattern = os.path.join(glob.escape(root), f"{protocol.TEMP_PREFIX}{tag or '*'}-*{protocol.TEMP_SUFFIX}")
+    removed = 0
+    for path in glob.glob(pattern, include_hidden=True):
+        owner = os.path.basename(path)[len(protocol.TEMP_PREFIX):].split("-", 1)[0]
+        if tag is None and owner.isdigit() and _process_alive(int(owner)):
+            continue               # another live server's upload in progress
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag plus a wake-up of the accept loop."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._read, self._write = socket.socketpair()
+        for end in (self._read, self._write):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    @property
+    def wakeup(self) -> socket.socket:
+        return self._read
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._read.close()
+        self._write.close()
+
+
+def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
+               argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser(description).parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    root = os.path.abspath(args.root)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create the folder to serve {root}: {exc.strerror}", file=sys.stderr)
+        return 2
+    stale = remove_temp_files(root)
+    if stale:
+        log.info("removed %d upload leftovers of servers no longer running", stale)
+
+    # SIGINT/SIGTERM are caught from here on, so no worker is left half-started.
+    stop = _StopSignal()
+    mp = multiprocessing.get_context("fork")
+    ctx = ServerContext(root=root, timeout=args.timeout,
+                        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                        temp_tag=str(os.getpid()), counters=RequestCounters(mp), stopping=mp.Event())
+    try:
+        listener = socket.create_server((args.host, args.port), backlog=1024)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        stop.close()
+        return 2
+    dispatcher = make_dispatcher()
+    try:
+        dispatcher.start(ctx, args.workers)
+        host, port = listener.getsockname()[:2]
+        log.info("serving %s with %d workers", root, args.workers)
+        print(f"listening on {host}:{port}", flush=True)
+        in_flight = _accept_until_stopped(listener, stop, dispatcher)
+        listener.close()
+        log.info("stopping (signal %s): %d connections in flight", stop.received, len(in_flight))
+        ctx.stopping.set()
+        _finish(in_flight, dispatcher, args.grace)
+    finally:
+        listener.close()
+        ctx.stopping.set()
+        dispatcher.force_close()
+        dispatcher.shutdown()
+        removed = remove_temp_files(root, ctx.temp_tag)
+        if removed:
+            log.info("removed %d unfinished uploads", removed)
+        stop.close()
+    log.info("stopped; requests: %s", ctx.counters.snapshot())
+    return 0
+
+
+def _accept_until_stopped(listener: socket.socket, stop: _StopSignal,
+                          dispatcher: Dispatcher) -> set[concurrent.futures.Future]:
+    in_flight: set[concurrent.futures.Future] = set()
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(stop.wakeup, selectors.EVENT_READ)
+        listener.setblocking(False)
+        while stop.received is None:
+            for key, _ in selector.select():
+                if key.fileobj is stop.wakeup:
+                    _drain(stop.wakeup)
+                    continue
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:  # e.g. out of descriptors: keep serving the others
+                    log.warning("accept failed: %s", exc)
+                    time.sleep(0.05)
+                    continue
+                conn.setblocking(True)
+                future = dispatcher.dispatch(conn)
+                in_flight.add(future)
+                future.add_done_callback(in_flight.discard)
+    return in_flight
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _finish(in_flight: set[concurrent.futures.Future], dispatcher: Dispatcher, grace: float) -> None:
+    """Let running requests finish within ``grace`` seconds, then cut the rest."""
+    _, unfinished = concurrent.futures.wait(set(in_flight), timeout=max(grace, 0))
+    if unfinished:
+        log.warning("grace period over: closing %d connections still open", len(unfinished))
+        dispatcher.force_close()
+        concurrent.futures.wait(unfinished, timeout=AFTER_FORCE_SECONDS)
+
+
+def main_for(make_dispatcher: Callable[[], Dispatcher], description: str) -> None:
+    sys.exit(run_server(make_dispatcher, description))
