@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Fire N clients at a file server at once and print what happened as one JSON object.
+
+Configured by the environment, as the course's users know it, or by flags (flags win):
+
+    STRESS_OP=download FILE_SIZE_MB=10 CLIENT_POOL=5 CLIENT_POOL_TYPE=thread python stress_test.py
+    python stress_test.py --op upload --size-mb 50 --clients 50 --pool process --port 6667
+
+Stdout carries exactly one JSON object (keys documented in README.md); logs go
+to stderr.  The exit status is 0 whenever a result was produced, even if every
+client failed; 2 for invalid settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from client_worker import ClientError, DiscardingSink, FileClient
+
+log = logging.getLogger("stress_test")
+
+MIB = 1024 * 1024
+CACHE_DIR = Path(__file__).resolve().parent / ".cache" / "stress"
+BARRIER_TIMEOUT = 120.0     # how long the clients wait for each other before giving up
+CONTENT_SEED = "fileserver-stress-v1"
+
+
+# ---------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class Settings:
+    op: str
+    size_mb: float
+    clients: int
+    pool: str
+    host: str
+    port: int
+    timeout: float
+
+    @property
+    def size_bytes(self) -> int:
+        return round(self.size_mb * MIB)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _setting(value: Optional[str], env: str, default: Optional[str]) -> str:
+    if value is not None:
+        return value
+    return os.environ.get(env, default) if default is not None else os.environ.get(env, "")
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        description="Run CLIENT_POOL clients against a file server at once; print one JSON result.",
+        epilog="Each flag defaults to its environment variable: STRESS_OP, FILE_SIZE_MB, CLIENT_POOL, "
+               "CLIENT_POOL_TYPE, SERVER_HOST, SERVER_PORT. Exit status 2 means an invalid setting.")
+    parser.add_argument("--op", help="download or upload (env STRESS_OP, default download)")
+    parser.add_argument("--size-mb", help="file size in MiB, a positive number (env FILE_SIZE_MB, default 10)")
+    parser.add_argument("--clients", help="how many clients run at once (env CLIENT_POOL, default 5)")
+    parser.add_argument("--pool", help="thread or process (env CLIENT_POOL_TYPE, default thread)")
+    parser.add_argument("--host", help="server address (env SERVER_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", help="server port (env SERVER_PORT, default 6667)")
+    parser.add_argument("--timeout", default="120",
+                        help="seconds a client waits on any read or write (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    op = _setting(args.op, "STRESS_OP", "download").strip().lower()
+    if op not in ("download", "upload"):
+        raise SettingsError(f"STRESS_OP must be 'download' or 'upload', not {op!r}")
+    pool = _setting(args.pool, "CLIENT_POOL_TYPE", "thread").strip().lower()
+    if pool not in ("thread", "process"):
+        raise SettingsError(f"CLIENT_POOL_TYPE must be 'thread' or 'process', not {pool!r}")
+    size_text = _setting(args.size_mb, "FILE_SIZE_MB", "10")
+    try:
+        size_mb = float(size_text)
+    except ValueError:
+        raise SettingsError(f"FILE_SIZE_MB must be a positive number, not {size_text!r}") from None
+    if not (size_mb > 0 and size_mb < 1e7):
+        raise SettingsError(f"FILE_SIZE_MB must be a positive number, not {size_text!r}")
+    clients_text = _setting(args.clients, "CLIENT_POOL", "5")
+    try:
+        clients = int(clients_text)
+    except ValueError:
+        clients = 0
+    if not 1 <= clients <= 10000:
+        raise SettingsError(f"CLIENT_POOL must be a positive integer, not {clients_text!r}")
+    host = _setting(args.host, "SERVER_HOST", "127.0.0.1").strip()
+    if not host:
+        raise SettingsError("SERVER_HOST must not be empty")
+    port_text = _setting(args.port, "SERVER_PORT", "6667")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise SettingsError(f"SERVER_PORT must be a port number (1-65535), not {port_text!r}")
+    try:
+        timeout = float(args.timeout)
+    except ValueError:
+        timeout = 0
+    if not timeout > 0:
+        raise SettingsError(f"--timeout must be a positive number of seconds, not {args.timeout!r}")
+    if round(size_mb * MIB) < 1:
+        raise SettingsError(f"FILE_SIZE_MB={size_text} is less than one byte")
+    return Settings(op, size_mb, clients, pool, host, port, timeout)
+
+
+# ---------------------------------------------------------------------- test content
+
+@dataclass(frozen=True)
+class TestContent:
+    path: str
+    size: int
+    sha256: str
+
+
+def test_content(size: int, cache_dir: Path = CACHE_DIR) -> TestContent:
+    """Deterministic pseudo-random bytes of exactly ``size`` bytes, cached on disk.
+
+    Every MiB comes from its own seeded generator, so the content is the same on
+    any machine and Python version, and a cached copy is checked, not trusted.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"content-{size}.bin"
+    digest_path = path.with_suffix(".sha256")
+    try:
+        expected = digest_path.read_text().strip()
+        if path.stat().st_size == size:
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() == expected:
+                    return TestContent(str(path), size, expected)
+    except OSError:
+        pass
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as out:
+        expected = _generate(size, out)
+    os.replace(temp, path)
+    temp.write_text(expected + "\n")
+    os.replace(temp, digest_path)
+    return TestContent(str(path), size, expected)
+
+
+def _generate(size: int, out: Any) -> str:
+    digest = hashlib.sha256()
+    for index, start in enumerate(range(0, size, MIB)):
+        block = random.Random(f"{CONTENT_SEED}:{index}").randbytes(min(MIB, size - start))
+        digest.update(block)
+        if out is not None:
+            out.write(block)
+    return digest.hexdigest()
+
+
+def server_name(content: TestContent) -> str:
+    return f"stress-{content.size}-{content.sha256[:12]}.bin"
+
+
+# ---------------------------------------------------------------------- one client
+
+@dataclass
+class ClientOutcome:
+    ok: bool
+    started: float = 0.0       # time.monotonic() when the transfer began (system-wide clock)
+    seconds: float = 0.0
+    bytes: int = 0
+    error_kind: str = ""
+    error: str = ""
+
+
+@dataclass
+class ClientJob:
+    op: str
+    host: str
+    port: int
+    timeout: float
+    name: str                  # file to download, or name to upload under
+    content: TestContent
+
+
+_barrier: Any = None
+
+
+def _set_barrier(barrier: Any) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def run_client(job: ClientJob) -> ClientOutcome:
+    """One client: wait for the others, then transfer once and check every byte."""
+    try:
+        _barrier.wait(BARRIER_TIMEOUT)
+    except threading.BrokenBarrierError:
+        return ClientOutcome(False, time.monotonic(), error_kind="other",
+                             error="the clients could not all start together (barrier broken)")
+    started = time.monotonic()
+    try:
+        with FileClient(job.host, job.port, timeout=job.timeout) as client:
+            if job.op == "download":
+                result = client.get(job.name, DiscardingSink())
+            else:
+                result = client.upload(job.content.path, job.name)
+        seconds = time.monotonic() - started
+        if result.bytes != job.content.size or result.sha256 != job.content.sha256:
+            return ClientOutcome(False, started, seconds, result.bytes, "corrupt",
+                                 f"got {result.bytes} bytes with SHA-256 {result.sha256[:16]}..., "
+                                 f"expected {job.content.size} bytes with {job.content.sha256[:16]}...")
+        return ClientOutcome(True, started, seconds, result.bytes)
+    except ClientError as exc:
+        return ClientOutcome(False, started, time.monotonic() - started, 0, exc.kind, str(exc))
+    except Exception as exc:  # a bug or the unexpected: still one failed client, not a crash
+        return ClientOutcome(False, started, time.monotonic() - started, 0, "other", f"{type(exc).__name__}: {exc}")
+
+
+def run_clients(jobs: list[ClientJob], pool: str) -> list[ClientOutcome]:
+    """Run every job at once in a pool of ``len(jobs)`` threads or processes."""
+    count = len(jobs)
+    if pool == "thread":
+        _set_barrier(threading.Barrier(count))
+        with concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="client") as executor:
+            return list(executor.map(run_client, jobs))
+    # Fork: every worker starts on the first submit, each takes exactly one job
+    # (all block at the barrier until every job is taken), and nothing is pickled but the job.
+    mp = multiprocessing.get_context("fork")
+    barrier = mp.Barrier(count)
+    with concurrent.futures.ProcessPoolExecutor(count, mp_context=mp, initializer=_set_barrier,
+                                                initargs=(barrier,)) as executor:
+        futures = [executor.submit(run_client, job) for job in jobs]
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:   # a client process died
+                outcomes.append(ClientOutcome(False, error_kind="other", error=f"client process failed: {exc}"))
+        return outcomes
+
+
+# ---------------------------------------------------------------------- the run
+
+def prepare_download(settings: Settings, content: TestContent) -> str:
+    """Make sure the server holds exactly ``content``; upload it when it does not."""
+    name = server_name(content)
+    with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+        try:
+            held = client.get(name, DiscardingSink())
+            if held.sha256 == content.sha256:
+                return name
+            log.info("the server's %s differs from the test content: uploading it again", name)
+        except ClientError as exc:
+            if exc.kind != "server":
+                raise
+            log.info("the server lacks %s: uploading it", name)
+        client.upload(content.path, name)
+    return name
+
+
+def server_counts(settings: Settings) -> Optional[dict]:
+    """The server's request counters, or None when it cannot report them."""
+    try:
+        with FileClient(settings.host, settings.port, timeout=min(settings.timeout, 30)) as client:
+            return client.stats()
+    except ClientError:
+        return None
+
+
+def percentile(values: list[float], share: float) -> Optional[float]:
+    """Nearest-rank percentile: a value some client really measured."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * share // 100))
+    return ordered[int(rank) - 1]
+
+
+def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optional[dict],
+              after: Optional[dict], prepare_error: Optional[ClientOutcome] = None) -> dict:
+    good = [o for o in outcomes if o.ok]
+    times = [o.seconds for o in good]
+    errors: dict[str, dict] = {}
+    for outcome in outcomes:
+        if not outcome.ok:
+            entry = errors.setdefault(outcome.error_kind, {"count": 0, "example": outcome.error})
+            entry["count"] += 1
+    measured = [o for o in outcomes if o.started]
+    wall = (max(o.started + o.seconds for o in measured) - min(o.started for o in measured)) if measured else 0.0
+    total_bytes = sum(o.bytes for o in good)
+    server_ok = server_failed = None
+    if before is not None and after is not None:
+        server_ok = after["succeeded"] - before["succeeded"]
+        server_failed = after["failed"] - before["failed"]
+    return {
+        "op": settings.op,
+        "size_mb": settings.size_mb,
+        "size_bytes": settings.size_bytes,
+        "clients": settings.clients,
+        "pool": settings.pool,
+        "host": settings.host,
+        "port": settings.port,
+        "succeed": len(good),
+        "failed": len(outcomes) - len(good),
+        "total_time_s": statistics.fmean(times) if times else None,
+        "throughput_Bps": statistics.fmean(o.bytes / o.seconds for o in good) if good else None,
+        "wall_time_s": wall,
+        "aggregate_throughput_Bps": total_bytes / wall if wall > 0 else None,
+        "latency_s": {"min": min(times, default=None), "p50": percentile(times, 50),
+                      "p90": percentile(times, 90), "p99": percentile(times, 99),
+                      "max": max(times, default=None)},
+        "errors": errors,
+        "server_succeeded": server_ok,
+        "server_failed": server_failed,
+        "python": platform.python_version(),
+    }
+
+
+def run(settings: Settings) -> dict:
+    content = test_content(settings.size_bytes)
+    if settings.op == "download":
+        try:
+            name = prepare_download(settings, content)
+        except ClientError as exc:
+            # No server, or one that cannot take the file: every client would fail alike,
+            # so they still run, and each reports the real error it meets.
+            log.warning("could not prepare the server: %s", exc)
+            name = server_name(content)
+        names = [name] * settings.clients
+    else:
+        run_id = f"{os.getpid()}-{int(time.time())}"
+        names = [f"stress-upload-{run_id}-{i}.bin" for i in range(settings.clients)]
+    jobs = [ClientJob(settings.op, settings.host, settings.port, settings.timeout, name, content) for name in names]
+    before = server_counts(settings)
+    outcomes = run_clients(jobs, settings.pool)
+    after = server_counts(settings) if before is not None else None
+    if settings.op == "upload":
+        _delete_uploads(settings, names)
+    return summarize(settings, outcomes, before, after)
+
+
+def _delete_uploads(settings: Settings, names: list[str]) -> None:
+    """Remove what the clients uploaded; a failed upload left nothing, so 'not found' is fine."""
+    try:
+        with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+            for name in names:
+                try:
+                    client.delete(name)
+                except ClientError as exc:
+                    if exc.kind != "server":
+                        raise
+    except ClientError as exc:
+        log.warning("could not delete every uploaded test file: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("STRESS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = parse_settings(argv)
+    except SettingsError as exc:
+        print(f"stress_test: {exc}", file=sys.stderr)
+        return 2
+    result = run(settings)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
