@@ -1,0 +1,140 @@
+"""Starting and stopping the toolkit's own processes without leaving orphans.
+
+Every child is started in a session (process group) of its own, so that it and
+whatever it forks can be stopped together by group id, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .server import REPO_ROOT
+
+SERVER_SCRIPTS = {
+    "thread": REPO_ROOT / "file_server_multithreadpool.py",
+    "process": REPO_ROOT / "file_server_multiprocesspool.py",
+}
+READY_TIMEOUT = 30.0
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal ``proc``'s process group (it leads one: started with start_new_session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ServerProcess:
+    """One file server running as a child; ``with`` stops it however the block ends."""
+
+    def __init__(self, model: str, root: str | os.PathLike, workers: int, host: str = "127.0.0.1",
+                 extra_args: Sequence[str] = (), stderr: int | None = None) -> None:
+        if model not in SERVER_SCRIPTS:
+            raise ValueError(f"unknown server model {model!r}; choose from {sorted(SERVER_SCRIPTS)}")
+        self.model, self.workers = model, workers
+        self.command = [sys.executable, str(SERVER_SCRIPTS[model]), "--host", host, "--port", "0",
+                        "--workers", str(workers), "--root", os.fspath(root), *extra_args]
+        self.stderr = stderr
+        self.proc: subprocess.Popen | None = None
+        self.host, self.port = host, 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> "ServerProcess":
+        """Start the server and wait for its ``listening on HOST:PORT`` line."""
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        line = _read_line(self.proc, ready_timeout)
+        if not line.startswith("listening on "):
+            code = self.proc.poll()
+            self.stop()
+            raise ServerStartError(f"{self.model} server did not announce readiness "
+                                   f"(exit status {code}, said {line!r})")
+        self.host, _, port = line[len("listening on "):].strip().rpartition(":")
+        self.port = int(port)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait up to ``timeout``, then kill the whole group; return the exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                proc.wait(10)
+        # A worker the server failed to reap would still be in its group: take it down too.
+        kill_group(proc)
+        if proc.stdout:
+            proc.stdout.close()
+        return proc.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of ``proc``'s stdout, or '' if none comes within ``timeout``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in data and len(data) < 4096:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def run_in_group(command: Sequence[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, str]:
+    """Run ``command`` in a process group of its own; kill the group on timeout or interrupt.
+
+    Returns (exit status or None if it was killed for time, stdout, stderr).
+    """
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=env, start_new_session=True, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        return None, out, err
+    finally:
+        if proc.poll() is None:      # interrupted (Ctrl-C) or failed: take the whole group down
+            kill_group(proc)
+            proc.wait()
+        kill_group(proc)             # forked clients outliving their parent
+
+
+def script_path(name: str) -> Path:
+    return REPO_ROOT / name

@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""The main job: sweep both servers through stress_test.py and write results.csv.
+
+    python run_experiment.py            # the full 108-cell sweep (under 10 minutes on 2 cores)
+    python run_experiment.py --quick    # a tiny sweep, for a first try
+    python run_experiment.py --help     # every knob
+
+For each server configuration (model x server workers) a fresh server is
+started on a free port, the cells run one after another through
+``stress_test.py``, and the server is stopped with SIGTERM.  Each CSV row is
+written and flushed as soon as its cell ends; the full stress-test results and
+the run's environment go to a JSON Lines file beside the CSV; a summary table
+and an SVG chart come at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, TextIO
+
+from fileshare.chart import write_chart
+from fileshare.processes import ServerProcess, ServerStartError, run_in_group, script_path
+
+log = logging.getLogger("run_experiment")
+
+CSV_COLUMNS = [
+    "Nomor", "Model concurrency", "Operasi", "Volume", "Jumlah client worker pool", "Jumlah server worker pool",
+    "Waktu total per client", "Throughput per client", "Jumlah client sukses", "Jumlah client gagal",
+    "Jumlah server sukses", "Jumlah server gagal",
+]
+DEFAULTS = {"models": ["thread", "process"], "server_workers": [1, 5, 50], "ops": ["download", "upload"],
+            "sizes": [10, 50, 100], "client_workers": [1, 5, 50]}
+QUICK = {"models": ["thread", "process"], "server_workers": [2], "ops": ["download", "upload"],
+         "sizes": [1], "client_workers": [1, 3]}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    server_workers: int
+    op: str
+    size_mb: float
+    clients: int
+
+    @property
+    def volume(self) -> str:
+        return f"{self.size_mb:g} MB"
+
+    def key(self) -> tuple:
+        return (self.model, self.op, self.volume, str(self.clients), str(self.server_workers))
+
+    def label(self) -> str:
+        return (f"{self.model} server x{self.server_workers}, {self.op} {self.volume}, "
+                f"{self.clients} client{'s' if self.clients != 1 else ''}")
+
+
+def plan(models: list[str], server_workers: list[int], ops: list[str], sizes: list[float],
+         client_workers: list[int]) -> list[Cell]:
+    """The sweep, nested as the original: model, server workers, operation, size, clients."""
+    return [Cell(m, w, o, s, c) for m in models for w in server_workers for o in ops for s in sizes
+            for c in client_workers]
+
+
+# ---------------------------------------------------------------------- one cell
+
+def run_cell(cell: Cell, server: ServerProcess, pool: str, timeout: float) -> dict:
+    """Run stress_test.py once for ``cell``; a stress test that hangs or crashes is a failed cell."""
+    env = dict(os.environ, STRESS_OP=cell.op, FILE_SIZE_MB=f"{cell.size_mb:g}", CLIENT_POOL=str(cell.clients),
+               CLIENT_POOL_TYPE=pool, SERVER_HOST=server.host, SERVER_PORT=str(server.port))
+    started = time.monotonic()
+    code, out, err = run_in_group([sys.executable, str(script_path("stress_test.py"))], timeout, env)
+    elapsed = time.monotonic() - started
+    if code == 0:
+        try:
+            result = json.loads(out)
+            result["elapsed_s"] = elapsed
+            return result
+        except ValueError:
+            reason = f"stress_test printed no JSON result: {out[:200]!r}"
+    elif code is None:
+        reason = f"stress_test did not finish within {timeout:g} s and was killed"
+    else:
+        reason = f"stress_test exited with status {code}: {err.strip().splitlines()[-1:] or ''}"
+    log.warning("%s: %s", cell.label(), reason)
+    return failed_result(cell, pool, reason, elapsed)
+
+
+def failed_result(cell: Cell, pool: str, reason: str, elapsed: float = 0.0) -> dict:
+    """A result for a cell whose clients never reported: every one of them counts as failed."""
+    return {"op": cell.op, "size_mb": cell.size_mb, "clients": cell.clients, "pool": pool,
+            "succeed": 0, "failed": cell.clients, "total_time_s": None, "throughput_Bps": None,
+            "errors": {"other": {"count": cell.clients, "example": reason}},
+            "server_succeeded": None, "server_failed": None, "elapsed_s": elapsed}
+
+
+def representative(samples: list[dict]) -> dict:
+    """The median sample by throughput per client, so every figure in a row comes from one real run."""
+    if len(samples) == 1:
+        return samples[0]
+    ranked = sorted(samples, key=lambda s: (s.get("throughput_Bps") is not None, s.get("throughput_Bps") or 0))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def csv_row(number: int, cell: Cell, result: dict) -> list:
+    def num(value: Optional[float], digits: int) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    def count(value: Optional[int]) -> str:
+        return "" if value is None else str(value)
+
+    return [number, cell.model, cell.op, cell.volume, cell.clients, cell.server_workers,
+            num(result.get("total_time_s"), 4), num(result.get("throughput_Bps"), 0),
+            result["succeed"], result["failed"], count(result.get("server_succeeded")),
+            count(result.get("server_failed"))]
+
+
+# ---------------------------------------------------------------------- output
+
+def environment() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=script_path("."), capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=script_path("."),
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"type": "environment", "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "machine": platform.machine(),
+            "memory_bytes": _memory_bytes(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "commit": commit, "dirty": dirty, "argv": sys.argv[1:]}
+
+
+def _memory_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def read_done(path: Path) -> tuple[set, int]:
+    """Cells already in an existing CSV (for --resume) and the last row number."""
+    done, last = set(), 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != CSV_COLUMNS:
+            raise SystemExit(f"run_experiment: {path} does not have the expected columns; "
+                             "remove it or choose another --output")
+        for row in reader:
+            if len(row) == len(CSV_COLUMNS):
+                done.add((row[1], row[2], row[3], row[4], row[5]))
+                last = max(last, int(row[0]))
+    return done, last
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _rate(value: str) -> Optional[float]:
+    return float(value) / 1e6 if value else None
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Thread vs process servers, side by side: MB/s per client and failed clients."""
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        key = (row["Operasi"], row["Volume"], int(row["Jumlah client worker pool"]),
+               int(row["Jumlah server worker pool"]))
+        by_key.setdefault(key, {})[row["Model concurrency"]] = row
+    header = f"{'operation':<9} {'size':>7} {'clients':>7} {'srv wk':>6} | {'thread MB/s':>11} {'process MB/s':>12} " \
+             f"{'proc/thr':>8} | {'failed thr/proc':>15}"
+    lines = ["Throughput per client (MB/s = 10^6 B/s) and failed clients, thread vs process server", header,
+             "-" * len(header)]
+    for key in sorted(by_key, key=lambda k: (k[0], float(k[1].split()[0]), k[2], k[3])):
+        pair = by_key[key]
+        thread, process = pair.get("thread"), pair.get("process")
+        t_rate = _rate(thread["Throughput per client"]) if thread else None
+        p_rate = _rate(process["Throughput per client"]) if process else None
+        ratio = f"{p_rate / t_rate:8.2f}" if t_rate and p_rate else f"{'-':>8}"
+        failed = "/".join(r["Jumlah client gagal"] if r else "-" for r in (thread, process))
+        lines.append(f"{key[0]:<9} {key[1]:>7} {key[2]:>7} {key[3]:>6} | "
+                     f"{_fmt(t_rate):>11} {_fmt(p_rate):>12} {ratio} | {failed:>15}")
+    return "\n".join(lines)
+
+
+def _fmt(rate: Optional[float]) -> str:
+    return "-" if rate is None else f"{rate:.1f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ---------------------------------------------------------------------- the sweep
+
+class Sweep:
+    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str) -> None:
+        self.args, self.cells, self.root = args, cells, root
+        self.output = Path(args.output)
+        self.jsonl = self.output.with_suffix(".jsonl")
+        self.server: ServerProcess | None = None
+
+    def run(self) -> int:
+        done, number = (read_done(self.output) if self.args.resume and self.output.exists() else (set(), 0))
+        todo = [c for c in self.cells if c.key() not in done]
+        if done:
+            print(f"resuming: {len(self.cells) - len(todo)} of {len(self.cells)} cells already in {self.output}",
+                  file=sys.stderr)
+        append = bool(done) or (self.args.resume and self.output.exists())
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.output, "a" if append else "w", newline="", encoding="utf-8") as csv_file, \
+                open(self.jsonl, "a" if append else "w", encoding="utf-8") as jsonl_file:
+            writer = csv.writer(csv_file)
+            if not append:
+                writer.writerow(CSV_COLUMNS)
+                csv_file.flush()
+            _write_json(jsonl_file, environment())
+            self._sweep(todo, number, writer, csv_file, jsonl_file)
+        return 0
+
+    def _sweep(self, todo: list[Cell], number: int, writer: "csv._writer", csv_file: TextIO,
+               jsonl_file: TextIO) -> None:
+        started = time.monotonic()
+        weights = [c.size_mb * c.clients + 5 for c in todo]    # rough cost, for the ETA only
+        spent_weight = 0.0
+        try:
+            for index, cell in enumerate(todo):
+                self._ensure_server(cell)
+                samples = [self._run_one(cell) for _ in range(self.args.repeat)]
+                result = representative(samples)
+                number += 1
+                writer.writerow(csv_row(number, cell, result))
+                csv_file.flush()
+                _write_json(jsonl_file, {"type": "cell", "row": number, "model": cell.model,
+                                         "server_workers": cell.server_workers, "op": cell.op,
+                                         "size_mb": cell.size_mb, "clients": cell.clients,
+                                         "client_pool": self.args.client_pool_type, "result": result,
+                                         "samples": samples})
+                spent_weight += weights[index]
+                elapsed = time.monotonic() - started
+                eta = elapsed / spent_weight * (sum(weights) - spent_weight)
+                rate = result.get("throughput_Bps")
+                print(f"[{index + 1}/{len(todo)}] {cell.label()}: {result['succeed']} ok, {result['failed']} failed, "
+                      f"{'-' if rate is None else f'{rate / 1e6:.1f}'} MB/s per client, server "
+                      f"{result.get('server_succeeded')}/{result.get('server_failed')} ok/failed | "
+                      f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}", file=sys.stderr, flush=True)
+        finally:
+            self._stop_server()
+
+    def _run_one(self, cell: Cell) -> dict:
+        assert self.server is not None
+        if not self.server.alive():
+            return failed_result(cell, self.args.client_pool_type, "the server was not running")
+        result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout)
+        if not self.server.alive():
+            log.warning("the %s server died during %s (status %s); a fresh one takes the next cells",
+                        cell.model, cell.label(), self.server.proc.returncode if self.server.proc else None)
+            result.setdefault("notes", []).append("the server died during this cell")
+            self._stop_server()
+        return result
+
+    def _ensure_server(self, cell: Cell) -> None:
+        if self.server is not None and self.server.alive() and \
+                (self.server.model, self.server.workers) == (cell.model, cell.server_workers):
+            return
+        self._stop_server()
+        server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"])
+        try:
+            self.server = server.start()
+        except ServerStartError as exc:
+            log.error("%s", exc)
+            self.server = server          # not alive: its cells are recorded as failed
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            code = self.server.stop()
+            if code not in (0, None):
+                log.warning("the %s server exited with status %s", self.server.model, code)
+            self.server = None
+
+
+def _write_json(f: TextIO, record: dict) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+
+
+# ---------------------------------------------------------------------- command line
+
+def _list_of(kind: type, allowed: Optional[set] = None):
+    def parse(text: str) -> list:
+        values = []
+        for part in text.split(","):
+            value = kind(part.strip())
+            if allowed is not None and value not in allowed:
+                raise ValueError(part)
+            if kind in (int, float) and not value > 0:
+                raise ValueError(part)
+            values.append(value)
+        if not values:
+            raise ValueError(text)
+        return values
+    parse.__name__ = f"comma-separated list of {kind.__name__}" + (f" from {sorted(allowed)}" if allowed else "")
+    return parse
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Sweep the thread-pool and process-pool file servers with stress_test.py and write results.csv.",
+        epilog="Default: the full original sweep of 108 cells (2 models x 3 server pools x 2 operations x "
+               "3 sizes x 3 client pools). Lists are comma-separated, e.g. --sizes 10,50.")
+    p.add_argument("--models", type=_list_of(str, {"thread", "process"}), help="server models (default: thread,process)")
+    p.add_argument("--server-workers", type=_list_of(int), help="server pool sizes (default: 1,5,50)")
+    p.add_argument("--client-workers", type=_list_of(int), help="concurrent clients (default: 1,5,50)")
+    p.add_argument("--ops", type=_list_of(str, {"download", "upload"}), help="operations (default: download,upload)")
+    p.add_argument("--sizes", type=_list_of(float), help="file sizes in MB (default: 10,50,100)")
+    p.add_argument("--client-pool-type", choices=["thread", "process"], default="thread",
+                   help="how stress_test runs its clients (default: %(default)s)")
+    p.add_argument("--output", default="results.csv", help="CSV to write; the JSON Lines and SVG go beside it "
+                                                           "(default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds one stress test may take before it is killed and its clients count as "
+                        "failed (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each cell N times; the CSV row is the median run by throughput, the JSON Lines "
+                        "keep every run (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="skip the cells already in --output, append the rest")
+    p.add_argument("--quick", action="store_true", help="a tiny sweep (1 MB, 1 and 3 clients) for a first try")
+    p.add_argument("--root", help="folder the servers serve during the sweep (default: a temporary folder)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    if args.repeat < 1 or args.timeout <= 0:
+        print("run_experiment: --repeat and --timeout must be positive", file=sys.stderr)
+        return 2
+    base = QUICK if args.quick else DEFAULTS
+    lists = {name: getattr(args, name) or base[name] for name in DEFAULTS}
+    cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"])
+    # SIGTERM ends the sweep like Ctrl-C: servers and stress tests are stopped, finished rows kept.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    root = args.root or tempfile.mkdtemp(prefix="fileserver-sweep-")
+    started = time.monotonic()
+    try:
+        Sweep(args, cells, root).run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished rows are in {args.output}; --resume continues", file=sys.stderr)
+        return 130
+    finally:
+        if not args.root:
+            shutil.rmtree(root, ignore_errors=True)
+    output = Path(args.output)
+    rows = read_rows(output)
+    print(summary_table(rows))
+    chart = output.with_suffix(".svg")
+    write_chart(rows, chart)
+    print(f"\n{len(rows)} rows in {output} ({_duration(time.monotonic() - started)}); "
+          f"every run in {output.with_suffix('.jsonl')}; chart in {chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
