@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Benchmark: our two servers and our client against this machine's ceiling.
+
+    python bench/bench.py              # about two minutes on 2 cores
+    python bench/bench.py --rounds 5   # more rounds, steadier medians
+
+The ceiling is a minimal streaming pipeline written here (file -> base64 ->
+loopback socket -> strict decode -> file), with no protocol, no checks and no
+pools.  Each case runs the ceiling, the thread server and the process server
+one after another, round after round, so machine drift hits all three alike;
+the table shows medians over rounds.  Every client runs in a process of its
+own and reports its own peak RSS; the servers' peak RSS comes from
+/proc/PID/status (VmHWM) of the server and each of its workers.
+
+Loopback only (127.0.0.1); every loop is bounded; every process started here
+is stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import binascii
+import multiprocessing
+import os
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from client_worker import FileClient  # noqa: E402
+from fileshare.processes import ServerProcess  # noqa: E402
+from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
+from fileshare.streaming import RECV_CHUNK  # noqa: E402
+
+MIB = 1024 * 1024
+MB = 1e6
+CLIENT_TIMEOUT = 300.0
+MP = multiprocessing.get_context("fork")
+
+
+# ---------------------------------------------------------------------- ceiling
+
+def _ceiling_send_file(sock: socket.socket, path: str) -> None:
+    with open(path, "rb") as f:
+        while raw := f.read(RAW_CHUNK):
+            sock.sendall(encode_chunk(raw))
+    sock.shutdown(socket.SHUT_WR)
+
+
+def _ceiling_receive_file(sock: socket.socket, path: str) -> int:
+    decoder = StrictBase64Decoder()
+    with open(path, "wb") as out:
+        while data := sock.recv(RECV_CHUNK):
+            out.write(decoder.feed(data))
+    decoder.finish()
+    return decoder.decoded_bytes
+
+
+def _ceiling_server(listener: socket.socket, op: str, source: str, folder: str, connections: int) -> None:
+    """Serve ``connections`` connections, each in a forked process, then exit."""
+    children = []
+    for index in range(connections):
+        conn, _ = listener.accept()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if op == "download":
+                    _ceiling_send_file(conn, source)
+                else:
+                    _ceiling_receive_file(conn, os.path.join(folder, f"ceiling-up-{index}.bin"))
+                    conn.sendall(b"k")
+            finally:
+                os._exit(0)
+        conn.close()
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _ceiling_client(port: int, op: str, source: str, folder: str, index: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
+        if op == "download":
+            return _ceiling_receive_file(sock, os.path.join(folder, f"ceiling-down-{index}.bin"))
+        with open(source, "rb") as f:
+            while raw := f.read(RAW_CHUNK):
+                sock.sendall(encode_chunk(raw))
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+        return os.path.getsize(source)
+
+
+# ---------------------------------------------------------------------- our client
+
+def _our_client(port: int, op: str, source: str, folder: str, index: int) -> int:
+    with FileClient("127.0.0.1", port, timeout=CLIENT_TIMEOUT) as client:
+        if op == "download":
+            return client.get(os.path.basename(source), os.path.join(folder, f"down-{index}.bin")).bytes
+        return client.upload(source, f"up-{os.getpid()}-{index}.bin").bytes
+
+
+# ---------------------------------------------------------------------- running clients
+
+def _client_process(run: Callable[..., int], args: tuple, barrier, results) -> None:
+    try:
+        barrier.wait(60)
+        started = time.monotonic()
+        size = run(*args)
+        finished = time.monotonic()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        results.put((started, finished, size, rss, ""))
+    except Exception as exc:  # reported as a failed client
+        results.put((0.0, 0.0, 0, 0, f"{type(exc).__name__}: {exc}"))
+
+
+def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder: str, clients: int) -> dict:
+    """Start ``clients`` client processes together; return payload MB/s over the wall time."""
+    barrier, results = MP.Barrier(clients), MP.Queue()
+    procs = [MP.Process(target=_client_process, args=(run, (port, op, source, folder, i), barrier, results))
+             for i in range(clients)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=CLIENT_TIMEOUT + 60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    errors = [o[4] for o in outcomes if o[4]]
+    if errors:
+        raise RuntimeError(f"{len(errors)} clients failed, e.g. {errors[0]}")
+    wall = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
+    return {"seconds": wall, "mbps": sum(o[2] for o in outcomes) / wall / MB, "client_rss": max(o[3] for o in outcomes)}
+
+
+def run_ceiling(op: str, source: str, folder: str, clients: int) -> dict:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = MP.Process(target=_ceiling_server, args=(listener, op, source, folder, clients))
+    server.start()
+    listener.close()
+    try:
+        return run_clients(_ceiling_client, port, op, source, folder, clients)
+    finally:
+        server.join(60)
+        if server.is_alive():
+            server.kill()
+            server.join()
+
+
+# ---------------------------------------------------------------------- measuring servers
+
+def peak_rss(pid: int) -> int:
+    """Largest VmHWM of ``pid`` and its children, in bytes."""
+    pids = [pid] + _children(pid)
+    peak = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+    return peak
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _clean(folder: str, keep: set[str]) -> None:
+    for name in os.listdir(folder):
+        if name not in keep:
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def make_file(path: str, size: int) -> None:
+    block = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for start in range(0, size, MIB):
+            f.write(block[: min(MIB, size - start)])
+
+
+# ---------------------------------------------------------------------- the benchmark
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (default: %(default)s)")
+    parser.add_argument("--size-mb", type=int, default=100, help="file size for the main cases (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=4, help="'several clients' (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=5, help="server pool size (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="fileserver-bench-") as tmp:
+        served, scratch = os.path.join(tmp, "served"), os.path.join(tmp, "scratch")
+        os.makedirs(served)
+        os.makedirs(scratch)
+        sizes = sorted({10, 50, args.size_mb})
+        for size in sizes:
+            make_file(os.path.join(served, f"file-{size}.bin"), size * MIB)
+        keep = set(os.listdir(served))
+        main_file = os.path.join(served, f"file-{args.size_mb}.bin")
+        servers = {model: ServerProcess(model, served, args.workers, extra_args=["--log-level", "WARNING"]).start()
+                   for model in ("thread", "process")}
+        try:
+            results: dict[tuple, list[dict]] = {}
+            cases = [(op, n) for op in ("download", "upload") for n in (1, args.clients)]
+            for round_no in range(args.rounds):
+                for op, clients in cases:
+                    for impl in ("ceiling", "thread", "process"):
+                        if impl == "ceiling":
+                            r = run_ceiling(op, main_file, scratch, clients)
+                        else:
+                            r = run_clients(_our_client, servers[impl].port, op, main_file, scratch, clients)
+                        results.setdefault((op, clients, impl), []).append(r)
+                        _clean(scratch, set())
+                        _clean(served, keep)
+                print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            scaling = measure_scaling(servers, served, scratch, keep, sizes)
+            report(args, results, scaling, servers)
+        finally:
+            for server in servers.values():
+                server.stop()
+    return 0
+
+
+def measure_scaling(servers: dict, served: str, scratch: str, keep: set[str], sizes: list[int]) -> dict:
+    """Seconds for one download of each size, and for 1/5/50 clients downloading 10 MB."""
+    out: dict[tuple, float] = {}
+    for model, server in servers.items():
+        for op in ("download", "upload"):
+            for size in sizes:
+                r = run_clients(_our_client, server.port, op, os.path.join(served, f"file-{size}.bin"), scratch, 1)
+                out[(model, op, "size", size)] = r["seconds"]
+                _clean(scratch, set())
+                _clean(served, keep)
+            for clients in (1, 5, 50):
+                r = run_clients(_our_client, server.port, op, os.path.join(served, "file-10.bin"), scratch, clients)
+                out[(model, op, "clients", clients)] = r["seconds"]
+                _clean(scratch, set())
+                _clean(served, keep)
+    return out
+
+
+def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict) -> None:
+    print(f"\nPayload MB/s (10^6 B/s of file content), {args.size_mb} MiB files, median of {args.rounds} rounds, "
+          f"server pools of {args.workers}; several = {args.clients} client processes")
+    header = f"{'case':<22} {'ceiling':>8} {'thread':>8} {'process':>8} {'thr/ceil':>9} {'proc/ceil':>9} " \
+             f"{'client RSS MiB':>15}"
+    print(header)
+    print("-" * len(header))
+    for (op, clients) in [(op, n) for op in ("download", "upload") for n in (1, args.clients)]:
+        med = {impl: statistics.median(r["mbps"] for r in results[(op, clients, impl)])
+               for impl in ("ceiling", "thread", "process")}
+        rss = max(r["client_rss"] for impl in ("thread", "process") for r in results[(op, clients, impl)])
+        label = f"{op}, {clients} client{'s' if clients > 1 else ''}"
+        print(f"{label:<22} {med['ceiling']:8.1f} {med['thread']:8.1f} {med['process']:8.1f} "
+              f"{med['thread'] / med['ceiling']:9.2f} {med['process'] / med['ceiling']:9.2f} {rss / MIB:15.1f}")
+    print("\nPeak RSS of the servers (VmHWM, largest of the server and its workers):")
+    for model, server in servers.items():
+        print(f"  {model:<8} {peak_rss(server.pid) / MIB:6.1f} MiB")
+    print("\nHow time grows (seconds, median-free single runs):")
+    for model in servers:
+        for op in ("download", "upload"):
+            by_size = "  ".join(f"{s} MB: {scaling[(model, op, 'size', s)]:6.3f}" for s in sorted(
+                {k[3] for k in scaling if k[:3] == (model, op, "size")}))
+            by_clients = "  ".join(f"{c} cl: {scaling[(model, op, 'clients', c)]:6.3f}" for c in (1, 5, 50))
+            print(f"  {model:<8} {op:<8} 1 client:  {by_size}")
+            print(f"  {model:<8} {op:<8} 10 MB each: {by_clients}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""run_experiment.py end to end: real servers, real stress tests, real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from run_experiment import CSV_COLUMNS  # noqa: E402
+
+SCRIPT = str(REPO / "run_experiment.py")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, grandchildren...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+class ExperimentTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="experiment-test-"))
+        self.output = self.tmp / "results.csv"
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(self.tmp)], check=False))
+
+    def run_sweep(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, SCRIPT, "--output", str(self.output), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp))
+
+    def start_sweep(self, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--output", str(self.output), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(self.tmp),
+                                start_new_session=True)
+
+        def cleanup() -> None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            proc.stdout.close()
+            proc.stderr.close()
+        self.addCleanup(cleanup)
+        return proc
+
+    def wait_for_rows(self, proc: subprocess.Popen, count: int, seen: set[int], limit: float = 60) -> None:
+        """Wait until the CSV has ``count`` data rows, noting every process below the sweep meanwhile."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            seen |= descendants(proc.pid)
+            if self.output.exists() and len(read_csv(self.output)) - 1 >= count:
+                return
+            if proc.poll() is not None:
+                self.fail(f"sweep ended early: {proc.stderr.read()}")
+            time.sleep(0.02)
+        self.fail(f"no {count} rows within {limit} s")
+
+    def test_small_sweep_writes_measured_rows_jsonl_and_chart(self) -> None:
+        done = self.run_sweep("--server-workers", "2", "--sizes", "0.25", "--client-workers", "1,3")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        rows = read_csv(self.output)
+        self.assertEqual(rows[0], CSV_COLUMNS)
+        body = rows[1:]
+        self.assertEqual(len(body), 8)   # 2 models x 1 pool x 2 ops x 1 size x 2 client counts
+        self.assertEqual([r[0] for r in body], [str(i) for i in range(1, 9)])
+        expected_order = [(m, o, c) for m in ("thread", "process") for o in ("download", "upload") for c in ("1", "3")]
+        self.assertEqual([(r[1], r[2], r[4]) for r in body], expected_order)
+        for row in body:
+            self.assertEqual(row[3], "0.25 MB")
+            self.assertEqual(row[5], "2")
+            clients = int(row[4])
+            self.assertEqual(row[8:10], [str(clients), "0"], row)           # every client succeeded
+            self.assertEqual(row[10:12], [str(clients), "0"], row)          # the server counted each request
+            self.assertGreater(float(row[6]), 0)
+            self.assertGreater(float(row[7]), 0)
+        lines = [json.loads(line) for line in self.output.with_suffix(".jsonl").read_text().splitlines()]
+        self.assertEqual(lines[0]["type"], "environment")
+        self.assertEqual(lines[0]["cpu_count"], os.cpu_count())
+        cells = [line for line in lines if line["type"] == "cell"]
+        self.assertEqual(len(cells), 8)
+        self.assertEqual(cells[-1]["result"]["succeed"], 3)
+        self.assertEqual(len(cells[-1]["samples"]), 1)
+        self.assertIn("<svg", self.output.with_suffix(".svg").read_text())
+        self.assertIn("thread MB/s", done.stdout)
+        self.assertEqual(done.stderr.count("ETA"), 8)
+
+    def test_resume_runs_only_missing_cells(self) -> None:
+        first = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
+                               "--sizes", "0.25", "--client-workers", "1")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        before = read_csv(self.output)
+        again = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
+                               "--sizes", "0.25,0.5", "--client-workers", "1", "--resume")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        after = read_csv(self.output)
+        self.assertEqual(after[:2], before)                       # the old row is kept as it was
+        self.assertEqual(len(after), 3)
+        self.assertEqual(after[2][0], "2")                        # numbering continues
+        self.assertEqual(after[2][3], "0.5 MB")
+        self.assertEqual(again.stderr.count("ETA"), 1)            # only the missing cell ran
+
+    def test_ctrl_c_keeps_rows_and_leaves_no_process(self) -> None:
+        proc = self.start_sweep("--models", "thread,process", "--server-workers", "2", "--ops", "download,upload",
+                                "--sizes", "0.25,0.5,1", "--client-workers", "1,2")
+        seen: set[int] = set()
+        self.wait_for_rows(proc, 2, seen)
+        seen |= descendants(proc.pid)
+        self.assertTrue(any("file_server_" in cmdline(pid) for pid in seen), "no server seen under the sweep")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        self.assertEqual(proc.returncode, 130)
+        rows = read_csv(self.output)
+        self.assertGreaterEqual(len(rows) - 1, 2)
+        self.assertLess(len(rows) - 1, 24)
+        for row in rows[1:]:
+            self.assertEqual(len(row), len(CSV_COLUMNS))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in seen):
+            time.sleep(0.05)
+        self.assertEqual([pid for pid in seen if alive(pid)], [], "processes outlived the sweep")
+
+    def test_server_killed_mid_sweep_is_replaced(self) -> None:
+        proc = self.start_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
+                                "--sizes", "0.25,0.5,1", "--client-workers", "1,2,3")
+        seen: set[int] = set()
+        self.wait_for_rows(proc, 1, seen)
+        servers = [pid for pid in descendants(proc.pid) if "file_server_multithreadpool" in cmdline(pid)]
+        self.assertEqual(len(servers), 1)
+        os.kill(servers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 0, err)
+        rows = read_csv(self.output)[1:]
+        self.assertEqual(len(rows), 9)
+        self.assertEqual(rows[-1][8:12], ["3", "0", "3", "0"], "the replacement server did not serve")
+        self.assertIn("server", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
