@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Optional, Union
 from fileshare.protocol import (CONTENT_KEYS, TERMINATOR, ContentData, ContentEnd, ContentStart, ProtocolError,
                                 ReplyEnd, ReplyField, ReplyParser, StrictBase64Decoder, build_request,
                                 upload_prefix, validate_name)
-from fileshare.streaming import RECV_CHUNK, HashingWriter, iter_encoded
+from fileshare.streaming import RECV_CHUNK, HashingWriter, iter_encoded, publishable_mode
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6667
@@ -235,6 +235,7 @@ class FileClient:
         try:
             with os.fdopen(fd, "w+b") as out:
                 result = self.get(name, out, progress)
+                publishable_mode(out.fileno())
             os.replace(temp, path)
         except BaseException:
             try:
@@ -260,19 +261,23 @@ class FileClient:
             validate_name(name)
         except ProtocolError as exc:
             raise ClientError("other", str(exc)) from None
+        if " " in name:
+            raise ClientError("other", f"upload name {name!r} contains a space; the protocol ends an "
+                                       "UPLOAD name at the first space")
         started = time.perf_counter()
         digest, size = hashlib.sha256(), 0
         try:
-            self._send(upload_prefix(name))
+            self._send(upload_prefix(name), keep_open=True)
             for piece, raw_len in _hashing_pieces(source, digest):
-                self._send(piece)
+                self._send(piece, keep_open=True)
                 size += raw_len
                 if progress:
                     progress(raw_len)
-            self._send(TERMINATOR)
+            self._send(TERMINATOR, keep_open=True)
         except ClientError as send_error:
             # The server may have refused early (too large, say) and said why.
             reply = self._try_reading_reply()
+            self.close()
             if reply is not None:
                 _raise_for_status(reply, str(reply.get("data", "")))
             raise send_error
@@ -294,12 +299,14 @@ class FileClient:
         _raise_for_status(reply, str(reply.get("data", "")))
         return reply
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, keep_open: bool = False) -> None:
+        """Send ``data``; on failure close the connection unless the caller still wants to read it."""
         sock = self._connection()
         try:
             sock.sendall(data)
         except OSError as exc:
-            self.close()
+            if not keep_open:
+                self.close()
             raise _client_error(exc, "sending the request failed") from None
 
     def _receive(self, sink: _ContentSink | None) -> dict:

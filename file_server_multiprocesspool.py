@@ -8,6 +8,8 @@ Usage: python file_server_multiprocesspool.py [--port 6667] [--workers 5] [--roo
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
+import logging
 import multiprocessing
 import os
 import signal
@@ -39,18 +41,30 @@ class ProcessDispatcher:
     """Each connection goes to a ProcessPoolExecutor; the worker collects the socket by token."""
 
     def start(self, ctx: ServerContext, workers: int) -> None:
+        self._ctx, self._workers = ctx, workers
         self._handoff = HandoffServer()
-        self._executor = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("fork"),
-            initializer=_init_worker, initargs=(ctx, self._handoff.path))
-        # With fork, the pool forks all its workers on the first submit: do it now,
-        # while this is the only thread, so no child inherits a lock held elsewhere.
-        self._executor.submit(os.getpid).result()
+        self._executor = self._new_pool()
         self._handoff.start()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            self._workers, mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_worker, initargs=(self._ctx, self._handoff.path))
+        # With fork, the pool forks all its workers on the first submit: do it now,
+        # at start-up, while this is the only thread, so no child inherits a held lock.
+        executor.submit(os.getpid).result()
+        return executor
 
     def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
         token = self._handoff.offer(conn)
-        future = self._executor.submit(_serve_handed_off, token)
+        try:
+            future = self._executor.submit(_serve_handed_off, token)
+        except concurrent.futures.process.BrokenProcessPool:
+            # A worker died (killed, out of memory): the pool is unusable, so replace it.
+            logging.getLogger("fileserver").error("a worker process died; starting a new pool")
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = self._new_pool()
+            future = self._executor.submit(_serve_handed_off, token)
         future.add_done_callback(lambda _: self._handoff.withdraw(token))
         return future
 

@@ -22,7 +22,7 @@ from typing import Any
 from . import protocol
 from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, StrictBase64Decoder,
                        UploadData, UploadEnd, UploadStart, error_reply, get_reply_prefix, ok_reply)
-from .streaming import RECV_CHUNK, HashingWriter, iter_encoded
+from .streaming import RECV_CHUNK, HashingWriter, iter_encoded, publishable_mode
 
 log = logging.getLogger("fileserver")
 
@@ -105,19 +105,10 @@ class _Upload:
 
     def publish(self, final_path: str) -> str:
         digest = self.writer.close()
-        os.fchmod(self.file.fileno(), 0o666 & ~_UMASK)
+        publishable_mode(self.file.fileno())
         self.file.close()
         os.replace(self.temp_path, final_path)
         return digest
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
 
 
 class Connection:
@@ -179,12 +170,13 @@ class Connection:
 
     def _wait_for_request(self) -> None:
         """Wait for the next request, giving up on shutdown or after the idle timeout."""
+        poller = select.poll()          # not select(): descriptors may exceed FD_SETSIZE
+        poller.register(self.sock, select.POLLIN)
         waited = 0.0
         while waited < self.ctx.timeout:
             if self.ctx.stopping.is_set():
                 raise ConnectionClosed
-            readable, _, _ = select.select([self.sock], [], [], IDLE_POLL_SECONDS)
-            if readable:
+            if poller.poll(IDLE_POLL_SECONDS * 1000):
                 return
             waited += IDLE_POLL_SECONDS
         raise TimeoutError(f"idle for {self.ctx.timeout:g} s")

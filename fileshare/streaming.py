@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from typing import BinaryIO, Callable, Iterator
@@ -93,3 +94,17 @@ def sha256_of(source: BinaryIO, chunk: int = 1024 * 1024, progress: Callable[[in
         digest.update(raw)
         if progress:
             progress(len(raw))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def publishable_mode(fd: int) -> None:
+    """Give a temporary file (mkstemp makes it 0600) the mode a new file would have had."""
+    os.fchmod(fd, 0o666 & ~_UMASK)
