@@ -1,0 +1,389 @@
+"""Shared helpers for the servers' integration tests (standard library only).
+
+* :class:`RunningServer` starts one of the two server scripts on 127.0.0.1 with
+  ``--port 0`` in its own process group, waits (bounded, no sleeps) for its
+  ``listening on HOST:PORT`` line and stops it again: SIGTERM by PID, a bounded
+  wait, and as a last resort SIGKILL to the process group it started.
+* :class:`Client` / :func:`exchange`: raw-socket helpers that send bytes and
+  read one reply up to ``\\r\\n\\r\\n`` with a linear receive loop.
+* :func:`child_pids`, :func:`process_group_pids`, :func:`vm_hwm`,
+  :func:`process_alive`: small /proc readers (Linux).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SCRIPTS = {
+    "thread": REPO / "file_server_multithreadpool.py",
+    "process": REPO / "file_server_multiprocesspool.py",
+}
+TERMINATOR = b"\r\n\r\n"
+HOST = "127.0.0.1"
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+class RunningServer:
+    """A server script running in its own process group; use as a context manager.
+
+    >>> with RunningServer("thread", root) as server:
+    ...     exchange(server, b"LIST\\r\\n\\r\\n")
+    """
+
+    def __init__(self, kind: str, root: str | os.PathLike, workers: int = 4,
+                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 start_timeout: float = 15.0, stop_timeout: float = 10.0) -> None:
+        if kind not in SCRIPTS:
+            raise ValueError(f"kind must be one of {sorted(SCRIPTS)}, not {kind!r}")
+        self.kind = kind
+        self.root = str(root)
+        self.workers = workers
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.host: str | None = None
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self.killed = False          # True if the last-resort SIGKILL was needed
+        self.extra_stdout = b""      # anything after the 'listening on' line, read along with it
+        self._stderr = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "server not started"
+        return self.proc.pid
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.host is not None and self.port is not None
+        return self.host, self.port
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(SCRIPTS[self.kind]), "--host", HOST, "--port", "0",
+                "--workers", str(self.workers), "--root", self.root, *self.extra_args]
+
+    def start(self) -> "RunningServer":
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.command(), cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._stderr,
+                                     start_new_session=True)
+        try:
+            line = self._read_listening_line()
+        except BaseException:
+            self.stop()
+            raise
+        prefix = "listening on "
+        if not line.startswith(prefix):
+            self.stop()
+            raise ServerStartError(f"unexpected first line {line!r}; stderr:\n{self.stderr_text()}")
+        host, _, port = line[len(prefix):].rpartition(":")
+        self.host, self.port = host, int(port)
+        return self
+
+    def _read_listening_line(self) -> str:
+        """Read stdout up to the first newline, giving up after ``start_timeout`` s."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + self.start_timeout
+        data = bytearray()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ServerStartError(f"no 'listening on' line within {self.start_timeout} s; "
+                                           f"stdout so far {bytes(data)!r}; stderr:\n{self.stderr_text()}")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    self.proc.wait(5)
+                    raise ServerStartError(f"server exited with {self.proc.returncode} before listening; "
+                                           f"stdout {bytes(data)!r}; stderr:\n{self.stderr_text()}")
+                data += chunk
+                if len(data) > 64 * 1024:
+                    raise ServerStartError("no newline in the first 64 KiB of stdout")
+        line, _, rest = bytes(data).partition(b"\n")
+        self.extra_stdout = rest
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Send ``signum`` to the server process (by PID, not to its group)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the server to exit; raise subprocess.TimeoutExpired if it does not."""
+        assert self.proc is not None
+        self.returncode = self.proc.wait(timeout)
+        return self.returncode
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM by PID, bounded wait; then SIGKILL to the process group we started."""
+        if self.proc is None:
+            return None
+        timeout = self.stop_timeout if timeout is None else timeout
+        try:
+            if self.proc.poll() is None:
+                try:
+                    os.kill(self.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.killed = True
+                    self._kill_group()
+                    self.proc.wait(10)
+            # Whatever the leader did, nothing it started may outlive it.
+            if process_group_pids(self.proc.pid):
+                self.killed = True
+                self._kill_group()
+            self.returncode = self.proc.returncode
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+        return self.returncode
+
+    def _kill_group(self) -> None:
+        # start_new_session=True made the server the leader of process group == its PID.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.stop()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> "RunningServer":
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ shortcuts
+
+    def connect(self, timeout: float = 10.0) -> "Client":
+        return Client(self.address, timeout)
+
+    def children(self) -> list[int]:
+        return child_pids(self.pid)
+
+
+# ---------------------------------------------------------------------- raw sockets
+
+class ConnectionClosedEarly(ConnectionError):
+    """The server closed the connection before a whole reply arrived."""
+
+
+class Client:
+    """One raw TCP connection; ``request()`` sends bytes and reads one reply.
+
+    Bytes received after a reply's terminator are kept for the next reply, so
+    pipelined requests work.  The receive loop is linear: it appends to a
+    bytearray and searches only the new bytes (plus three for a split terminator).
+    """
+
+    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self._buffer = bytearray()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_reply(self, timeout: float | None = None, limit: int = 64 * 1024 * 1024) -> bytes:
+        """One reply including its terminator; raise on close, timeout or ``limit``."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        buf = self._buffer
+        end = buf.find(TERMINATOR)
+        scanned = len(buf)
+        while end < 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete reply within {timeout} s ({len(buf)} bytes so far)")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(256 * 1024)
+            if not chunk:
+                raise ConnectionClosedEarly(f"connection closed after {len(buf)} bytes of a reply: "
+                                            f"{bytes(buf[:200])!r}")
+            buf += chunk
+            end = buf.find(TERMINATOR, max(0, scanned - (len(TERMINATOR) - 1)))
+            scanned = len(buf)
+            if end < 0 and len(buf) > limit:
+                raise ValueError(f"reply longer than {limit} bytes")
+        reply = bytes(buf[:end + len(TERMINATOR)])
+        del buf[:end + len(TERMINATOR)]
+        return reply
+
+    def request(self, data: bytes, timeout: float | None = None) -> dict:
+        """Send ``data`` and return the decoded JSON of one reply."""
+        self.send(data)
+        return decode_reply(self.recv_reply(timeout))
+
+    def command(self, *words: str | bytes, timeout: float | None = None) -> dict:
+        return self.request(build(*words), timeout)
+
+    def wait_closed(self, timeout: float) -> bool:
+        """True if the server closes (EOF or reset) within ``timeout`` s, with no data first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except ConnectionResetError:
+                return True
+            if not chunk:
+                return True
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def build(*words: str | bytes) -> bytes:
+    """``build("GET", "a")`` -> ``b"GET a\\r\\n\\r\\n"``; bytes pass through untouched."""
+    parts = [w if isinstance(w, bytes) else w.encode("utf-8") for w in words]
+    return b" ".join(parts) + TERMINATOR
+
+
+def decode_reply(reply: bytes) -> dict:
+    if not reply.endswith(TERMINATOR):
+        raise ValueError(f"reply without terminator: {reply[:200]!r}")
+    value = json.loads(reply[:-len(TERMINATOR)])
+    if not isinstance(value, dict):
+        raise ValueError(f"reply is not a JSON object: {reply[:200]!r}")
+    return value
+
+
+def exchange(server_or_address: "RunningServer | tuple[str, int]", data: bytes,
+             timeout: float = 10.0) -> bytes:
+    """Open a connection, send ``data``, return one raw reply (with its terminator)."""
+    address = server_or_address.address if isinstance(server_or_address, RunningServer) else server_or_address
+    with Client(address, timeout) as client:
+        client.send(data)
+        return client.recv_reply(timeout)
+
+
+def send_command(server: "RunningServer | tuple[str, int]", *words: str | bytes, timeout: float = 10.0) -> dict:
+    return decode_reply(exchange(server, build(*words), timeout))
+
+
+# ---------------------------------------------------------------------- /proc
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def _all_pids() -> Iterable[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (zombies included), from /proc/*/stat."""
+    found = []
+    for candidate in _all_pids():
+        fields = _stat_fields(candidate)
+        if fields is not None and int(fields[1]) == pid:
+            found.append(candidate)
+    return sorted(found)
+
+
+def process_group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) PIDs in process group ``pgid``."""
+    found = []
+    for candidate in _all_pids():
+        fields = _stat_fields(candidate)
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(candidate)
+    return sorted(found)
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks (tells a PID from a reuse of it)."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """True while ``pid`` runs (not a zombie) and, if given, has start time ``started``."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of ``pid`` in bytes (VmHWM of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                value, unit = line.split()[1:3]
+                assert unit == "kB", line
+                return int(value) * 1024
+    raise LookupError(f"no VmHWM for pid {pid}")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` s pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return bool(value)
+        time.sleep(interval)
