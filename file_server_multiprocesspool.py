@@ -16,8 +16,8 @@ import signal
 import socket
 
 from fileshare.connection import ServerContext, serve_connection
-from fileshare.handoff import HandoffServer, claim
-from fileshare.server import main_for
+from fileshare.handoff import HandoffServer, claim, close_inherited_sockets
+from fileshare.server import main_for, remove_temp_files
 
 _worker_ctx: ServerContext | None = None
 _handoff_path = ""
@@ -29,6 +29,8 @@ def _init_worker(ctx: ServerContext, handoff_path: str) -> None:
     # The parent turns Ctrl-C into a graceful stop; a terminal's SIGINT must not kill workers mid-request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)      # the parent's wake-up socket is not ours to write to
+    close_inherited_sockets()
 
 
 def _serve_handed_off(token: bytes) -> None:
@@ -63,15 +65,18 @@ class ProcessDispatcher:
             # A worker died (killed, out of memory): the pool is unusable, so replace it.
             logging.getLogger("fileserver").error("a worker process died; starting a new pool")
             self._executor.shutdown(wait=True, cancel_futures=True)
+            # The broken pool took every worker down: their unfinished uploads are debris now.
+            remove_temp_files(self._ctx.root, self._ctx.temp_tag)
             self._executor = self._new_pool()
             future = self._executor.submit(_serve_handed_off, token)
         future.add_done_callback(lambda _: self._handoff.withdraw(token))
         return future
 
     def force_close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Every worker goes (a busy one would hold its connection past the grace period);
+        # the pool then fails whatever was queued, and shutdown() collects it.
         for child in multiprocessing.active_children():
-            child.terminate()     # a worker still busy after the grace period
+            child.terminate()
         self._handoff.close()
 
     def shutdown(self) -> None:

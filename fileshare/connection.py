@@ -90,6 +90,7 @@ class _Upload:
         self.name = name
         self.decoder = StrictBase64Decoder()
         self.error: str | None = None
+        self.drained = 0
         fd, self.temp_path = tempfile.mkstemp(prefix=f"{protocol.TEMP_PREFIX}{ctx.temp_tag}-",
                                               suffix=protocol.TEMP_SUFFIX, dir=ctx.root)
         self.file = os.fdopen(fd, "wb")
@@ -243,10 +244,15 @@ class Connection:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise FileError.from_os(name, exc) from None
-        with open(fd, "rb") as source:
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise FileError(f"{name!r} is not a regular file")
             os.set_blocking(fd, True)
+            source = open(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with source:
             try:
                 self.sock.sendall(get_reply_prefix(name))
                 for piece in iter_encoded(source):
@@ -280,8 +286,16 @@ class Connection:
 
     def _upload_data(self, text: Any) -> bool:
         upload = self.upload
-        if upload is None or upload.error is not None:
-            return True            # drain what follows a rejected upload, then answer
+        if upload is None:
+            return True
+        if upload.error is not None:
+            # Drain a refused upload's content, then answer; but no more than an accepted one could send.
+            upload.drained += len(text)
+            if upload.drained > protocol.encoded_size(self.ctx.max_upload_bytes):
+                self.upload = None
+                self._reply_error(upload.error)
+                return False
+            return True
         try:
             decoded = upload.decoder.feed(text)
         except ProtocolError as exc:
@@ -355,6 +369,7 @@ class _RejectedUpload:
 
     def __init__(self, message: str) -> None:
         self.error = message
+        self.drained = 0
 
 
 class FileError(Exception):

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -118,3 +119,25 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("handoff channel closed early")
         data += chunk
     return bytes(data)
+
+
+def close_inherited_sockets() -> int:
+    """Close every socket a forked worker inherited (listeners, other clients' connections).
+
+    A worker must hold only the connections handed to it: an inherited copy of
+    the listener would keep accepting after the server stopped, and an inherited
+    copy of a client's socket would keep that connection open after its own
+    worker closed it.  Standard streams are left alone.  Returns how many were closed.
+    """
+    closed = 0
+    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+                closed += 1
+        except OSError:
+            pass               # the listing's own descriptor, already gone
+    return closed

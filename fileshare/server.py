@@ -183,6 +183,12 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     dispatcher = make_dispatcher()
     try:
         dispatcher.start(ctx, args.workers)
+    except BaseException:
+        listener.close()
+        stop.close()
+        raise
+    drained = False
+    try:
         host, port = listener.getsockname()[:2]
         log.info("serving %s with %d workers", root, args.workers)
         print(f"listening on {host}:{port}", flush=True)
@@ -191,10 +197,12 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
         log.info("stopping (signal %s): %d connections in flight", stop.received, len(in_flight))
         ctx.stopping.set()
         _finish(in_flight, dispatcher, args.grace)
+        drained = True
     finally:
         listener.close()
         ctx.stopping.set()
-        dispatcher.force_close()
+        if not drained:            # an unexpected error: do not wait for anyone
+            dispatcher.force_close()
         dispatcher.shutdown()
         removed = remove_temp_files(root, ctx.temp_tag)
         if removed:
