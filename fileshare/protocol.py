@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Union
@@ -134,6 +135,8 @@ class StrictBase64Decoder:
             out = binascii.a2b_base64(text, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise ProtocolError(f"invalid base64: {exc}") from None
+        if b"=" in text[-4:-2]:     # binascii lets a group of nothing but padding through
+            raise ProtocolError("invalid base64: too much padding")
         if text[-1:] == b"=":
             self._padded = True
         self.decoded_bytes += len(out)
@@ -227,6 +230,12 @@ class RequestParser:
         return events
 
     def _feed_head(self, data: Union[bytes, bytearray], pos: int, events: list[RequestEvent]) -> int:
+        if not self._head and data[pos:pos + 7].upper() != b"UPLOAD ":
+            # A whole small request in what was received: cut it out without buffering.
+            end = data.find(TERMINATOR, pos, pos + self.max_request + len(TERMINATOR))
+            if end >= 0:
+                events.append(self._request(bytes(data[pos:end])))
+                return end + len(TERMINATOR)
         room = self.max_request + len(TERMINATOR) - len(self._head)
         take = min(len(data) - pos, room)
         self._head += data[pos:pos + take]
@@ -241,6 +250,8 @@ class RequestParser:
             self._state = self._BODY
             events.append(UploadStart(name))
             return pos - leftover
+        if end > self.max_request or (end < 0 and len(self._head) >= self.max_request + len(TERMINATOR)):
+            raise ProtocolError(f"request is longer than {self.max_request} bytes without its \\r\\n\\r\\n terminator")
         if end >= 0:
             line = bytes(self._head[:end])
             leftover = len(self._head) - end - len(TERMINATOR)
@@ -248,15 +259,13 @@ class RequestParser:
             events.append(self._request(line))
             return pos - leftover
         self._scanned = len(self._head)
-        if len(self._head) > self.max_request:
-            raise ProtocolError(f"request is longer than {self.max_request} bytes without its \\r\\n\\r\\n terminator")
         return pos
 
     def _upload_start(self, end: int) -> "tuple[str, int] | None":
         """(name, offset of the content) once an UPLOAD's name is complete."""
         if self._head[:7].upper() != b"UPLOAD ":
             return None
-        space = self._head.find(b" ", 7, end if end >= 0 else len(self._head))
+        space = self._head.find(b" ", max(7, self._scanned), end if end >= 0 else len(self._head))
         if space < 0:
             return None
         return _decode_text(self._head[7:space]), space + 1
@@ -333,6 +342,8 @@ class ReplyEnd:
 ReplyEvent = Union[ReplyField, ContentStart, ContentData, ContentEnd, ReplyEnd]
 
 _WHITESPACE = b" \t\r\n"
+_STRING_SPECIAL = re.compile(rb'["\\]')
+_VALUE_SPECIAL = re.compile(rb'["\[\]{},\s]')
 _SIMPLE_ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b",
                    ord("f"): b"\f", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}
 
@@ -359,6 +370,7 @@ class ReplyParser:
         self._in_string = False         # inside a string of a small value or key
         self._escaped = False
         self._escape = b""              # an escape of a streamed string split across feeds
+        self._high_surrogate: int | None = None
         self._tail_seen = 0
 
     def feed(self, data: Union[bytes, bytearray]) -> list[ReplyEvent]:
@@ -440,35 +452,52 @@ class ReplyParser:
         start = pos
         complete = False
         while pos < end:
-            byte = data[pos]
             if self._in_string:
                 if self._escaped:
                     self._escaped = False
-                elif byte == 0x5C:          # backslash
+                    pos += 1
+                    continue
+                found = _STRING_SPECIAL.search(data, pos)
+                if found is None:
+                    pos = end
+                    break
+                pos = found.start()
+                if data[pos] == 0x5C:       # backslash: the next byte is escaped
                     self._escaped = True
-                elif byte == 0x22:          # closing quote
-                    self._in_string = False
-                    if self._depth == 0:
-                        pos += 1
-                        complete = True
-                        break
-            elif byte == 0x22:
+                    pos += 1
+                    continue
+                self._in_string = False     # closing quote
+                pos += 1
+                if self._depth == 0:
+                    complete = True
+                    break
+                continue
+            found = _VALUE_SPECIAL.search(data, pos)
+            if found is None:
+                pos = end
+                break
+            pos = found.start()
+            byte = data[pos]
+            if byte == 0x22:
                 self._in_string = True
+                pos += 1
             elif byte in b"[{":
                 self._depth += 1
+                pos += 1
             elif byte in b"]}":
                 if self._depth == 0:        # the '}' closing the reply ends a scalar
                     complete = True
                     break
                 self._depth -= 1
+                pos += 1
                 if self._depth == 0:
-                    pos += 1
                     complete = True
                     break
-            elif self._depth == 0 and (byte == 0x2C or byte in _WHITESPACE):
+            elif self._depth == 0:          # ',' or white space ends a scalar
                 complete = True
                 break
-            pos += 1
+            else:
+                pos += 1
         self._token += data[start:pos]
         if len(self._token) > self.max_value:
             raise ProtocolError(f"a reply value is longer than {self.max_value} bytes")
@@ -492,18 +521,12 @@ class ReplyParser:
                       events: list[ReplyEvent]) -> int:
         key = self._key
         if self._escape:
-            needed = 6 if self._escape[1:2] == b"u" else 2
-            take = min(needed - len(self._escape), len(data) - pos)
-            self._escape += bytes(data[pos:pos + take])
-            pos += take
-            if len(self._escape) < needed:
-                return pos
-            events.append(ContentData(key, self._unescape(self._escape)))
-            self._escape = b""
-            return pos
+            return self._feed_escape(data, pos, events)
         quote = data.find(b'"', pos)
         slash = data.find(b"\\", pos, quote if quote >= 0 else len(data))
         stop = slash if slash >= 0 else quote
+        if stop != pos:
+            self._flush_surrogate(events)
         if stop < 0:
             events.append(ContentData(key, view[pos:]))
             return len(data)
@@ -512,21 +535,51 @@ class ReplyParser:
         if stop == slash:
             self._escape = b"\\"
             return stop + 1
+        self._flush_surrogate(events)
         events.append(ContentEnd(key))
         self._state = "comma_or_close"
         return stop + 1
 
-    @staticmethod
-    def _unescape(escape: bytes) -> bytes:
-        if escape[1] == ord("u"):
+    def _feed_escape(self, data: Union[bytes, bytearray], pos: int, events: list[ReplyEvent]) -> int:
+        """Complete an escape (backslash-n, backslash-u plus 4 hex digits...) split across feeds."""
+        if len(self._escape) == 1:
+            self._escape += bytes(data[pos:pos + 1])
+            pos += 1
+        needed = 6 if self._escape[1:2] == b"u" else 2
+        take = min(needed - len(self._escape), len(data) - pos)
+        if take > 0:
+            self._escape += bytes(data[pos:pos + take])
+            pos += take
+        if len(self._escape) < needed:
+            return pos
+        escape, self._escape = self._escape, b""
+        if escape[1] != ord("u"):
+            self._flush_surrogate(events)
             try:
-                return chr(int(escape[2:], 16)).encode("utf-8", "surrogatepass")
-            except ValueError:
+                events.append(ContentData(self._key, _SIMPLE_ESCAPES[escape[1]]))
+            except KeyError:
                 raise ProtocolError(f"malformed reply: bad escape {escape!r}") from None
+            return pos
         try:
-            return _SIMPLE_ESCAPES[escape[1]]
-        except KeyError:
+            code = int(escape[2:], 16)
+        except ValueError:
             raise ProtocolError(f"malformed reply: bad escape {escape!r}") from None
+        if 0xDC00 <= code < 0xE000 and self._high_surrogate is not None:
+            code = 0x10000 + ((self._high_surrogate - 0xD800) << 10) + (code - 0xDC00)
+            self._high_surrogate = None
+        else:
+            self._flush_surrogate(events)
+            if 0xD800 <= code < 0xDC00:       # the first half of a pair: wait for the second
+                self._high_surrogate = code
+                return pos
+        events.append(ContentData(self._key, chr(code).encode("utf-8", "replace")))
+        return pos
+
+    def _flush_surrogate(self, events: list[ReplyEvent]) -> None:
+        """A lone high surrogate is no character: U+FFFD stands in for it."""
+        if self._high_surrogate is not None:
+            self._high_surrogate = None
+            events.append(ContentData(self._key, "\ufffd".encode("utf-8")))
 
 
 def parse_reply(data: bytes, stream_keys: Iterable[str] = ()) -> dict:
