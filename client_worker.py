@@ -246,13 +246,18 @@ class FileClient:
         return result
 
     def upload(self, source: Union[str, os.PathLike, BinaryIO], name: str | None = None,
-               progress: Progress = None) -> TransferResult:
-        """Upload a path or a binary file object under ``name`` (default: the path's base name)."""
+               progress: Progress = None, known_sha256: str | None = None) -> TransferResult:
+        """Upload a path or a binary file object under ``name`` (default: the path's base name).
+
+        The SHA-256 of what is sent is checked against the one the server computed of
+        what it stored.  A caller that already knows the content's SHA-256 (a test
+        file, say) passes it as ``known_sha256`` and saves hashing it again here.
+        """
         if isinstance(source, (str, os.PathLike)):
             name = name or os.path.basename(os.fspath(source))
             try:
                 with open(source, "rb") as f:
-                    return self.upload(f, name, progress)
+                    return self.upload(f, name, progress, known_sha256)
             except OSError as exc:
                 raise ClientError("other", f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
         if not name:
@@ -265,7 +270,7 @@ class FileClient:
             raise ClientError("other", f"upload name {name!r} contains a space; the protocol ends an "
                                        "UPLOAD name at the first space")
         started = time.perf_counter()
-        digest, size = hashlib.sha256(), 0
+        digest, size = (hashlib.sha256() if known_sha256 is None else None), 0
         try:
             self._send(upload_prefix(name), keep_open=True)
             for piece, raw_len in _hashing_pieces(source, digest):
@@ -284,7 +289,7 @@ class FileClient:
         reply = self._receive(None)
         seconds = time.perf_counter() - started
         _raise_for_status(reply, str(reply.get("data", "")))
-        sha256 = digest.hexdigest()
+        sha256 = digest.hexdigest() if digest is not None else known_sha256
         if "size" in reply and reply["size"] != size:
             raise ClientError("corrupt", f"UPLOAD {name}: sent {size} bytes, server stored {reply['size']}")
         if "sha256" in reply and reply["sha256"] != sha256:
@@ -354,20 +359,21 @@ class FileClient:
             return None
 
 
-def _hashing_pieces(source: BinaryIO, digest: "hashlib._Hash"):
-    """Yield (base64 piece, raw length) for ``source``, hashing the raw bytes on the way."""
+def _hashing_pieces(source: BinaryIO, digest: "hashlib._Hash | None"):
+    """Yield (base64 piece, raw length) for ``source``, hashing the raw bytes on the way (if ``digest``)."""
     reader = _HashingReader(source, digest)
     for piece in iter_encoded(reader):
         yield piece, reader.last
 
 
 class _HashingReader:
-    def __init__(self, source: BinaryIO, digest: "hashlib._Hash") -> None:
+    def __init__(self, source: BinaryIO, digest: "hashlib._Hash | None") -> None:
         self.source, self.digest, self.last = source, digest, 0
 
     def read(self, size: int) -> bytes:
         data = _read_full(self.source, size)
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
         self.last = len(data)
         return data
 

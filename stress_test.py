@@ -215,7 +215,7 @@ def run_client(job: ClientJob) -> ClientOutcome:
             if job.op == "download":
                 result = client.get(job.name, DiscardingSink())
             else:
-                result = client.upload(job.content.path, job.name)
+                result = client.upload(job.content.path, job.name, known_sha256=job.content.sha256)
         seconds = time.monotonic() - started
         if result.bytes != job.content.size or result.sha256 != job.content.sha256:
             return ClientOutcome(False, started, seconds, result.bytes, "corrupt",

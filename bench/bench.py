@@ -19,7 +19,7 @@ is stopped here.
 from __future__ import annotations
 
 import argparse
-import binascii
+import hashlib
 import multiprocessing
 import os
 import resource
@@ -97,11 +97,27 @@ def _ceiling_client(port: int, op: str, source: str, folder: str, index: int) ->
 
 # ---------------------------------------------------------------------- our client
 
+_known_sha256: dict[str, str] = {}
+
+
+def known_sha256(path: str) -> str:
+    """The digest of a bench file, computed once (as stress_test knows its content's)."""
+    if path not in _known_sha256:
+        with open(path, "rb") as f:
+            _known_sha256[path] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _known_sha256[path]
+
+
 def _our_client(port: int, op: str, source: str, folder: str, index: int) -> int:
+    """Our client as stress_test uses it: every transfer verified by SHA-256."""
     with FileClient("127.0.0.1", port, timeout=CLIENT_TIMEOUT) as client:
         if op == "download":
-            return client.get(os.path.basename(source), os.path.join(folder, f"down-{index}.bin")).bytes
-        return client.upload(source, f"up-{os.getpid()}-{index}.bin").bytes
+            result = client.get(os.path.basename(source), os.path.join(folder, f"down-{index}.bin"))
+        else:
+            result = client.upload(source, f"up-{os.getpid()}-{index}.bin", known_sha256=known_sha256(source))
+        if result.sha256 != known_sha256(source):
+            raise RuntimeError(f"{op} of {source}: SHA-256 mismatch")
+        return result.bytes
 
 
 # ---------------------------------------------------------------------- running clients
@@ -112,10 +128,10 @@ def _client_process(run: Callable[..., int], args: tuple, barrier, results) -> N
         started = time.monotonic()
         size = run(*args)
         finished = time.monotonic()
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        results.put((started, finished, size, rss, ""))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        results.put((started, finished, size, usage.ru_maxrss * 1024, "", usage.ru_utime + usage.ru_stime))
     except Exception as exc:  # reported as a failed client
-        results.put((0.0, 0.0, 0, 0, f"{type(exc).__name__}: {exc}"))
+        results.put((0.0, 0.0, 0, 0, f"{type(exc).__name__}: {exc}", 0.0))
 
 
 def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder: str, clients: int) -> dict:
@@ -135,7 +151,9 @@ def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed, e.g. {errors[0]}")
     wall = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
-    return {"seconds": wall, "mbps": sum(o[2] for o in outcomes) / wall / MB, "client_rss": max(o[3] for o in outcomes)}
+    moved = sum(o[2] for o in outcomes)
+    return {"seconds": wall, "mbps": moved / wall / MB, "client_rss": max(o[3] for o in outcomes),
+            "client_cpu_ns_per_byte": sum(o[5] for o in outcomes) / moved * 1e9}
 
 
 def run_ceiling(op: str, source: str, folder: str, clients: int) -> dict:
@@ -215,6 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         sizes = sorted({10, 50, args.size_mb})
         for size in sizes:
             make_file(os.path.join(served, f"file-{size}.bin"), size * MIB)
+            known_sha256(os.path.join(served, f"file-{size}.bin"))   # before the clients fork
         keep = set(os.listdir(served))
         main_file = os.path.join(served, f"file-{args.size_mb}.bin")
         servers = {model: ServerProcess(model, served, args.workers, extra_args=["--log-level", "WARNING"]).start()

@@ -106,19 +106,9 @@ class StrictBase64Decoder:
         if self._padded:
             raise ProtocolError("invalid base64: data after the final padding")
         if self._carry:
-            needed = 4 - len(self._carry)
-            head = self._carry + bytes(text[:needed])
-            text = memoryview(text)[needed:]
-            if len(head) < 4:
-                self._carry = head
-                return b""
+            # One copy of the piece beats decoding the straddling group on its own.
+            text = self._carry + bytes(text)
             self._carry = b""
-            out = self._decode(head)
-            if not text:
-                return out
-            if self._padded:
-                raise ProtocolError("invalid base64: data after the final padding")
-            return out + self.feed(text)
         whole = len(text) - len(text) % 4
         if whole != len(text):
             self._carry = bytes(text[whole:])
