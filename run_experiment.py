@@ -24,14 +24,13 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, TextIO
+from typing import Optional, TextIO
 
 from fileshare.chart import write_chart
 from fileshare.processes import ServerProcess, ServerStartError, run_in_group, script_path
@@ -229,7 +228,7 @@ class Sweep:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         with open(self.output, "a" if append else "w", newline="", encoding="utf-8") as csv_file, \
                 open(self.jsonl, "a" if append else "w", encoding="utf-8") as jsonl_file:
-            writer = csv.writer(csv_file)
+            writer = csv.writer(csv_file, lineterminator="\n")
             if not append:
                 writer.writerow(CSV_COLUMNS)
                 csv_file.flush()

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client_worker import FileClient  # noqa: E402
-from fileshare.processes import ServerProcess  # noqa: E402
+from fileshare.processes import ServerProcess, child_pids, vm_hwm  # noqa: E402
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
 from fileshare.streaming import RECV_CHUNK  # noqa: E402
 
@@ -174,30 +174,14 @@ def run_ceiling(op: str, source: str, folder: str, clients: int) -> dict:
 # ---------------------------------------------------------------------- measuring servers
 
 def peak_rss(pid: int) -> int:
-    """Largest VmHWM of ``pid`` and its children, in bytes."""
-    pids = [pid] + _children(pid)
+    """Largest VmHWM of ``pid`` and its children (the server and its workers), in bytes."""
     peak = 0
-    for p in pids:
+    for p in [pid, *child_pids(pid)]:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        except OSError:
+            peak = max(peak, vm_hwm(p))
+        except (OSError, LookupError):
             pass
     return peak
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _clean(folder: str, keep: set[str]) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from .server import REPO_ROOT
 
@@ -40,30 +40,39 @@ class ServerProcess:
     """One file server running as a child; ``with`` stops it however the block ends."""
 
     def __init__(self, model: str, root: str | os.PathLike, workers: int, host: str = "127.0.0.1",
-                 extra_args: Sequence[str] = (), stderr: int | None = None) -> None:
+                 extra_args: Sequence[str] = (), stderr: Any = None, env: Mapping[str, str] | None = None) -> None:
         if model not in SERVER_SCRIPTS:
             raise ValueError(f"unknown server model {model!r}; choose from {sorted(SERVER_SCRIPTS)}")
         self.model, self.workers = model, workers
         self.command = [sys.executable, str(SERVER_SCRIPTS[model]), "--host", host, "--port", "0",
                         "--workers", str(workers), "--root", os.fspath(root), *extra_args]
-        self.stderr = stderr
+        self.stderr, self.env = stderr, env
         self.proc: subprocess.Popen | None = None
         self.host, self.port = host, 0
+        self.extra_stdout = b""      # anything printed after the readiness line, as far as it was read
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        assert self.proc is not None, "server not started"
         return self.proc.pid
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> "ServerProcess":
         """Start the server and wait for its ``listening on HOST:PORT`` line."""
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        line = _read_line(self.proc, ready_timeout)
+                                     stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        line, self.extra_stdout = _read_line(self.proc, ready_timeout)
         if not line.startswith("listening on "):
             code = self.proc.poll()
             self.stop()
-            raise ServerStartError(f"{self.model} server did not announce readiness "
+            raise ServerStartError(f"{self.model} server did not announce readiness within {ready_timeout:g} s "
                                    f"(exit status {code}, said {line!r})")
         self.host, _, port = line[len("listening on "):].strip().rpartition(":")
         self.port = int(port)
@@ -90,6 +99,9 @@ class ServerProcess:
             proc.stdout.close()
         return proc.returncode
 
+    def children(self) -> list[int]:
+        return child_pids(self.pid)
+
     def __enter__(self) -> "ServerProcess":
         return self.start() if self.proc is None else self
 
@@ -97,8 +109,8 @@ class ServerProcess:
         self.stop()
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> str:
-    """One line of ``proc``'s stdout, or '' if none comes within ``timeout``."""
+def _read_line(proc: subprocess.Popen, timeout: float) -> tuple[str, bytes]:
+    """One line of ``proc``'s stdout ('' if none comes within ``timeout``) and what followed it."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     data = bytearray()
@@ -112,7 +124,8 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
             if not chunk:
                 break
             data += chunk
-    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    line, _, rest = bytes(data).partition(b"\n")
+    return line.decode("utf-8", "replace").rstrip("\r"), rest
 
 
 def run_in_group(command: Sequence[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, str]:
@@ -138,3 +151,42 @@ def run_in_group(command: Sequence[str], timeout: float, env: dict | None = None
 
 def script_path(name: str) -> Path:
     return REPO_ROOT / name
+
+
+# ---------------------------------------------------------------------- /proc readers (Linux)
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (zombies included)."""
+    return sorted(p for p in _all_pids() if _parent_of(p) == pid)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``: children, grandchildren and so on."""
+    parents = {p: _parent_of(p) for p in _all_pids()}
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of ``pid`` in bytes (VmHWM in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(f"no VmHWM for pid {pid}")
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,20 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SCRIPTS = {
-    "thread": REPO / "file_server_multithreadpool.py",
-    "process": REPO / "file_server_multiprocesspool.py",
-}
+from fileshare.processes import (SERVER_SCRIPTS as SCRIPTS, ServerProcess, ServerStartError,  # noqa: E402,F401
+                                 child_pids, vm_hwm)
 TERMINATOR = b"\r\n\r\n"
 HOST = "127.0.0.1"
 
 
-class ServerStartError(RuntimeError):
-    pass
-
-
-class RunningServer:
-    """A server script running in its own process group; use as a context manager.
+class RunningServer(ServerProcess):
+    """A server script running in its own process group, its stderr kept for messages.
 
     >>> with RunningServer("thread", root) as server:
     ...     exchange(server, b"LIST\\r\\n\\r\\n")
@@ -49,86 +41,23 @@ class RunningServer:
 
     def __init__(self, kind: str, root: str | os.PathLike, workers: int = 4,
                  extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 start_timeout: float = 15.0, stop_timeout: float = 10.0) -> None:
-        if kind not in SCRIPTS:
-            raise ValueError(f"kind must be one of {sorted(SCRIPTS)}, not {kind!r}")
-        self.kind = kind
-        self.root = str(root)
-        self.workers = workers
-        self.extra_args = list(extra_args)
-        self.env = env
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.host: str | None = None
-        self.port: int | None = None
-        self.proc: subprocess.Popen | None = None
-        self.returncode: int | None = None
-        self.killed = False          # True if the last-resort SIGKILL was needed
-        self.extra_stdout = b""      # anything after the 'listening on' line, read along with it
-        self._stderr = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "server not started"
-        return self.proc.pid
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.host is not None and self.port is not None
-        return self.host, self.port
-
-    def command(self) -> list[str]:
-        return [sys.executable, str(SCRIPTS[self.kind]), "--host", HOST, "--port", "0",
-                "--workers", str(self.workers), "--root", self.root, *self.extra_args]
-
-    def start(self) -> "RunningServer":
-        env = dict(os.environ if self.env is None else self.env)
+                 start_timeout: float = 15.0, stop_timeout: float = 20.0) -> None:
+        env = dict(os.environ if env is None else env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.command(), cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._stderr,
-                                     start_new_session=True)
+        self._stderr_file = tempfile.TemporaryFile()
+        super().__init__(kind, root, workers, host=HOST, extra_args=extra_args, stderr=self._stderr_file, env=env)
+        self.kind, self.root = kind, str(root)
+        self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
+
+    def start(self, ready_timeout: float | None = None) -> "RunningServer":
         try:
-            line = self._read_listening_line()
-        except BaseException:
-            self.stop()
-            raise
-        prefix = "listening on "
-        if not line.startswith(prefix):
-            self.stop()
-            raise ServerStartError(f"unexpected first line {line!r}; stderr:\n{self.stderr_text()}")
-        host, _, port = line[len(prefix):].rpartition(":")
-        self.host, self.port = host, int(port)
+            super().start(self.start_timeout if ready_timeout is None else ready_timeout)
+        except ServerStartError as exc:
+            raise ServerStartError(f"{exc}; stderr:\n{self.stderr_text()}") from None
         return self
 
-    def _read_listening_line(self) -> str:
-        """Read stdout up to the first newline, giving up after ``start_timeout`` s."""
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + self.start_timeout
-        data = bytearray()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in data:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ServerStartError(f"no 'listening on' line within {self.start_timeout} s; "
-                                           f"stdout so far {bytes(data)!r}; stderr:\n{self.stderr_text()}")
-                if not sel.select(left):
-                    continue
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait(5)
-                    raise ServerStartError(f"server exited with {self.proc.returncode} before listening; "
-                                           f"stdout {bytes(data)!r}; stderr:\n{self.stderr_text()}")
-                data += chunk
-                if len(data) > 64 * 1024:
-                    raise ServerStartError("no newline in the first 64 KiB of stdout")
-        line, _, rest = bytes(data).partition(b"\n")
-        self.extra_stdout = rest
-        return line.decode("utf-8", "replace").rstrip("\r")
+    def stop(self, timeout: float | None = None) -> int | None:
+        return super().stop(self.stop_timeout if timeout is None else timeout)
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         """Send ``signum`` to the server process (by PID, not to its group)."""
@@ -139,70 +68,23 @@ class RunningServer:
     def wait(self, timeout: float) -> int:
         """Wait for the server to exit; raise subprocess.TimeoutExpired if it does not."""
         assert self.proc is not None
-        self.returncode = self.proc.wait(timeout)
-        return self.returncode
-
-    def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM by PID, bounded wait; then SIGKILL to the process group we started."""
-        if self.proc is None:
-            return None
-        timeout = self.stop_timeout if timeout is None else timeout
-        try:
-            if self.proc.poll() is None:
-                try:
-                    os.kill(self.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.killed = True
-                    self._kill_group()
-                    self.proc.wait(10)
-            # Whatever the leader did, nothing it started may outlive it.
-            if process_group_pids(self.proc.pid):
-                self.killed = True
-                self._kill_group()
-            self.returncode = self.proc.returncode
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-        return self.returncode
-
-    def _kill_group(self) -> None:
-        # start_new_session=True made the server the leader of process group == its PID.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        return self.proc.wait(timeout)
 
     def stderr_text(self) -> str:
-        if self._stderr is None:
+        if self._stderr_file.closed:
             return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
+        self._stderr_file.seek(0)
+        return self._stderr_file.read().decode("utf-8", "replace")
 
     def close(self) -> None:
         self.stop()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    def __enter__(self) -> "RunningServer":
-        if self.proc is None:
-            self.start()
-        return self
+        self._stderr_file.close()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ shortcuts
-
     def connect(self, timeout: float = 10.0) -> "Client":
         return Client(self.address, timeout)
-
-    def children(self) -> list[int]:
-        return child_pids(self.pid)
 
 
 # ---------------------------------------------------------------------- raw sockets
@@ -334,16 +216,6 @@ def _all_pids() -> Iterable[int]:
             yield int(entry)
 
 
-def child_pids(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (zombies included), from /proc/*/stat."""
-    found = []
-    for candidate in _all_pids():
-        fields = _stat_fields(candidate)
-        if fields is not None and int(fields[1]) == pid:
-            found.append(candidate)
-    return sorted(found)
-
-
 def process_group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) PIDs in process group ``pgid``."""
     found = []
@@ -366,17 +238,6 @@ def process_alive(pid: int, started: int | None = None) -> bool:
     if fields is None or fields[0] in ("Z", "X"):
         return False
     return started is None or int(fields[19]) == started
-
-
-def vm_hwm(pid: int) -> int:
-    """Peak resident set size of ``pid`` in bytes (VmHWM of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                value, unit = line.split()[1:3]
-                assert unit == "kB", line
-                return int(value) * 1024
-    raise LookupError(f"no VmHWM for pid {pid}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import unittest
-from typing import Optional, Sequence
+from typing import Sequence
 
 try:
     from .support import HOST, REPO, RunningServer
