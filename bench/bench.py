@@ -279,14 +279,19 @@ def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict
     print("\nPeak RSS of the servers (VmHWM, largest of the server and its workers):")
     for model, server in servers.items():
         print(f"  {model:<8} {peak_rss(server.pid) / MIB:6.1f} MiB")
-    print("\nHow time grows (seconds, median-free single runs):")
+    print("\nHow time grows (one run each; linear means the per-MB and per-client columns stay flat):")
+    print(f"  {'server':<8} {'op':<8} {'file size':>10} {'seconds':>8} {'ms per MB':>10}")
     for model in servers:
         for op in ("download", "upload"):
-            by_size = "  ".join(f"{s} MB: {scaling[(model, op, 'size', s)]:6.3f}" for s in sorted(
-                {k[3] for k in scaling if k[:3] == (model, op, "size")}))
-            by_clients = "  ".join(f"{c} cl: {scaling[(model, op, 'clients', c)]:6.3f}" for c in (1, 5, 50))
-            print(f"  {model:<8} {op:<8} 1 client:  {by_size}")
-            print(f"  {model:<8} {op:<8} 10 MB each: {by_clients}")
+            for size in sorted({k[3] for k in scaling if k[:3] == (model, op, "size")}):
+                seconds = scaling[(model, op, "size", size)]
+                print(f"  {model:<8} {op:<8} {size:>7} MB {seconds:8.3f} {seconds / size * 1000:10.2f}")
+    print(f"\n  {'server':<8} {'op':<8} {'clients':>10} {'seconds':>8} {'ms per client':>14}   (10 MB each)")
+    for model in servers:
+        for op in ("download", "upload"):
+            for clients in (1, 5, 50):
+                seconds = scaling[(model, op, "clients", clients)]
+                print(f"  {model:<8} {op:<8} {clients:>10} {seconds:8.3f} {seconds / clients * 1000:14.1f}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def write_chart(rows: Sequence[dict], path: str | Path) -> None:
     high = 10 ** math.ceil(math.log10(max(positive)))
     if high <= low:
         high = low * 10
-    width = MARGIN_L + PANEL_W + 200
+    width = MARGIN_L + PANEL_W + 260
     height = MARGIN_T + len(ops) * (PANEL_H + GAP) + 20
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="12">',
