@@ -434,7 +434,10 @@ class _ProgressLine:
             sys.stderr.write(f"\r{self.label}: {self.done / 1e6:9.1f} MB{share} {rate:7.1f} MB/s")
             sys.stderr.flush()
 
-    def close(self) -> None:
+    def __enter__(self) -> "_ProgressLine":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         if self.enabled and self.done:
             sys.stderr.write("\n")
 
@@ -482,11 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(name)
             elif args.command == "get":
                 out = args.out or args.name
-                progress = _ProgressLine(f"GET {args.name}", None)
-                try:
+                with _ProgressLine(f"GET {args.name}", None) as progress:
                     result = client.get(args.name, out, progress)
-                finally:
-                    progress.close()
                 print(_describe(f"downloaded {args.name} to {out}", result))
             elif args.command == "upload":
                 name = args.name or os.path.basename(args.path)
@@ -494,11 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                     total = os.path.getsize(args.path)
                 except OSError as exc:
                     raise ClientError("other", f"cannot read {args.path}: {exc.strerror}") from None
-                progress = _ProgressLine(f"UPLOAD {name}", total)
-                try:
+                with _ProgressLine(f"UPLOAD {name}", total) as progress:
                     result = client.upload(args.path, name, progress)
-                finally:
-                    progress.close()
                 print(_describe(f"uploaded {args.path} as {name}", result))
             elif args.command == "delete":
                 print(client.delete(args.name))

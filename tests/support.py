@@ -87,6 +87,38 @@ class RunningServer(ServerProcess):
         return Client(self.address, timeout)
 
 
+class ServerPerClass:
+    """Mixin for TestCases sharing one server: ``cls.server`` serving ``cls.root``.
+
+    Set ``kind`` ('thread' or 'process'), ``server_workers`` and ``server_args``;
+    ``cls._tmp`` is a temporary folder holding ``root`` that the tests may use too.
+    """
+
+    kind = "thread"
+    server_workers = 2
+    server_args: Sequence[str] = ()
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls._tmp = tempfile.TemporaryDirectory(prefix=f"{cls.__name__}-")
+        cls.root = os.path.join(cls._tmp.name, "root")
+        os.mkdir(cls.root)
+        cls.server = RunningServer(cls.kind, cls.root, workers=cls.server_workers, extra_args=cls.server_args)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.close()
+            cls._tmp.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.close()
+        cls._tmp.cleanup()
+        super().tearDownClass()
+
+
 # ---------------------------------------------------------------------- raw sockets
 
 class ConnectionClosedEarly(ConnectionError):

@@ -27,9 +27,9 @@ import unittest
 from typing import Callable, Optional
 
 try:
-    from .support import HOST, REPO, RunningServer
+    from .support import HOST, REPO, ServerPerClass
 except ImportError:          # run from inside tests/
-    from support import HOST, REPO, RunningServer
+    from support import HOST, REPO, ServerPerClass
 
 from client_worker import ClientError, DiscardingSink, FileClient, TransferResult
 
@@ -195,28 +195,12 @@ def get_reply(content_b64: bytes, key: str = "data_file", name: str = "x.bin") -
 
 # ---------------------------------------------------------------------- against the real servers
 
-class _ClientAgainstServer:
+class _ClientAgainstServer(ServerPerClass):
     """The library against a real server; subclasses choose ``kind``."""
 
     kind = ""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory(prefix=f"client-{cls.kind}-")
-        cls.root = os.path.join(cls._tmp.name, "root")
-        os.mkdir(cls.root)
-        cls.server = RunningServer(cls.kind, cls.root, workers=3)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.close()
-            cls._tmp.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.close()
-        cls._tmp.cleanup()
+    server_workers = 3
 
     def setUp(self) -> None:
         clear_folder(self.root)
@@ -456,7 +440,7 @@ class ClientAgainstThreadServerTest(_ClientAgainstServer, unittest.TestCase):
     kind = "thread"
 
     def test_downloaded_file_gets_normal_permissions(self) -> None:
-        """BUG: a download to a path keeps mkstemp's 0600 mode instead of 0666 & ~umask."""
+        """A download to a path gets the mode a new file would have (0666 & ~umask), not mkstemp's 0600."""
         self.put_on_server("shared.txt", b"for everyone")
         dest = os.path.join(self.local, "shared.txt")
         self.client().get("shared.txt", dest)
@@ -469,24 +453,10 @@ class ClientAgainstProcessServerTest(_ClientAgainstServer, unittest.TestCase):
     kind = "process"
 
 
-class UploadRefusedEarlyTest(unittest.TestCase):
+class UploadRefusedEarlyTest(ServerPerClass, unittest.TestCase):
     """A server that refuses an upload part-way says why; the client should pass that on."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory(prefix="client-limit-")
-        cls.server = RunningServer("thread", cls._tmp.name, workers=2, extra_args=["--max-upload-mb", "0.05"])
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.close()
-            cls._tmp.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.close()
-        cls._tmp.cleanup()
+    server_args = ("--max-upload-mb", "0.05")
 
     def test_small_excess_is_reported_as_server_error(self) -> None:
         with FileClient(self.server.host, self.server.port, timeout=20) as client:
@@ -494,17 +464,17 @@ class UploadRefusedEarlyTest(unittest.TestCase):
                 client.upload(io.BytesIO(os.urandom(60_000)), name="big.bin")
         self.assertEqual(caught.exception.kind, "server")
         self.assertIn("limit", str(caught.exception))
-        self.assertEqual(os.listdir(self._tmp.name), [])
+        self.assertEqual(os.listdir(self.root), [])
 
     def test_large_excess_is_reported_as_server_error(self) -> None:
-        """BUG: FileClient._send closes the socket on a send error, so upload() can no longer
-        read the ERROR reply the server sent before hanging up: kind is 'reset', not 'server'."""
+        """The server refuses a large upload early and hangs up while the client still sends:
+        the client must still read and report the ERROR it sent ('server', not 'reset')."""
         with FileClient(self.server.host, self.server.port, timeout=20) as client:
             with self.assertRaises(ClientError) as caught:
                 client.upload(io.BytesIO(bytes(8 * 1024 * 1024)), name="huge.bin")
         self.assertEqual(caught.exception.kind, "server", str(caught.exception))
         self.assertIn("limit", str(caught.exception))
-        self.assertEqual(os.listdir(self._tmp.name), [])
+        self.assertEqual(os.listdir(self.root), [])
 
 
 # ---------------------------------------------------------------------- error kinds, fake servers
@@ -648,25 +618,7 @@ class ClientErrorKindsTest(unittest.TestCase):
 
 # ---------------------------------------------------------------------- the command line
 
-class CommandLineTest(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory(prefix="client-cli-")
-        cls.root = os.path.join(cls._tmp.name, "root")
-        os.mkdir(cls.root)
-        cls.server = RunningServer("thread", cls.root, workers=2)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.close()
-            cls._tmp.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.close()
-        cls._tmp.cleanup()
+class CommandLineTest(ServerPerClass, unittest.TestCase):
 
     def setUp(self) -> None:
         clear_folder(self.root)

@@ -21,16 +21,15 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import unittest
 from typing import Sequence
 
 try:
-    from .support import HOST, REPO, RunningServer
+    from .support import HOST, REPO, ServerPerClass
     from .test_client import FakeServer, clear_folder, free_port, get_reply, read_request
 except ImportError:          # run from inside tests/
-    from support import HOST, REPO, RunningServer
+    from support import HOST, REPO, ServerPerClass
     from test_client import FakeServer, clear_folder, free_port, get_reply, read_request
 
 STRESS_SCRIPT = REPO / "stress_test.py"
@@ -124,25 +123,10 @@ class _StressAssertions(unittest.TestCase):
 
 # ---------------------------------------------------------------------- real servers
 
-class _StressAgainstServer(_StressAssertions):
+class _StressAgainstServer(ServerPerClass, _StressAssertions):
     kind = ""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory(prefix=f"stress-{cls.kind}-")
-        cls.root = cls._tmp.name
-        cls.server = RunningServer(cls.kind, cls.root, workers=CLIENTS + 1)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.close()
-            cls._tmp.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.close()
-        cls._tmp.cleanup()
+    server_workers = CLIENTS + 1
 
     def setUp(self) -> None:
         clear_folder(self.root)
