@@ -56,6 +56,7 @@ class TransferResult:
     bytes: int
     seconds: float
     sha256: str
+    server_confirmed: bool = False   # an upload the server confirmed with its own SHA-256
 
     @property
     def bytes_per_second(self) -> float:
@@ -294,7 +295,7 @@ class FileClient:
             raise ClientError("corrupt", f"UPLOAD {name}: sent {size} bytes, server stored {reply['size']}")
         if "sha256" in reply and reply["sha256"] != sha256:
             raise ClientError("corrupt", f"UPLOAD {name}: server's SHA-256 {reply['sha256']} differs from {sha256}")
-        return TransferResult(name, size, seconds, sha256)
+        return TransferResult(name, size, seconds, sha256, server_confirmed="sha256" in reply)
 
     # ------------------------------------------------------------------ wire
 

@@ -182,6 +182,7 @@ class ClientOutcome:
     bytes: int = 0
     error_kind: str = ""
     error: str = ""
+    unconfirmed: bool = False  # an upload the server did not confirm with a SHA-256: read it back
 
 
 @dataclass
@@ -221,7 +222,8 @@ def run_client(job: ClientJob) -> ClientOutcome:
             return ClientOutcome(False, started, seconds, result.bytes, "corrupt",
                                  f"got {result.bytes} bytes with SHA-256 {result.sha256[:16]}..., "
                                  f"expected {job.content.size} bytes with {job.content.sha256[:16]}...")
-        return ClientOutcome(True, started, seconds, result.bytes)
+        unconfirmed = job.op == "upload" and not result.server_confirmed
+        return ClientOutcome(True, started, seconds, result.bytes, unconfirmed=unconfirmed)
     except ClientError as exc:
         return ClientOutcome(False, started, time.monotonic() - started, 0, exc.kind, str(exc))
     except Exception as exc:  # a bug or the unexpected: still one failed client, not a crash
@@ -347,8 +349,29 @@ def run(settings: Settings) -> dict:
     outcomes = run_clients(jobs, settings.pool)
     after = server_counts(settings) if before is not None else None
     if settings.op == "upload":
+        _read_back_unconfirmed(settings, jobs, outcomes)
         _delete_uploads(settings, names)
     return summarize(settings, outcomes, before, after)
+
+
+def _read_back_unconfirmed(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> None:
+    """A server that answers a bare OK (no SHA-256) is checked by downloading what it stored.
+
+    Done after the timed part, so it costs the measurement nothing; a mismatch
+    turns that client into a failure, since the server does not hold what it sent.
+    """
+    for job, outcome in zip(jobs, outcomes):
+        if not (outcome.ok and outcome.unconfirmed):
+            continue
+        try:
+            with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+                stored = client.get(job.name, DiscardingSink())
+            if stored.sha256 == job.content.sha256:
+                continue
+            error = f"the server stored {stored.bytes} bytes with SHA-256 {stored.sha256[:16]}..., not what was sent"
+        except ClientError as exc:
+            error = f"reading the upload back failed: {exc}"
+        outcome.ok, outcome.error_kind, outcome.error = False, "corrupt", error
 
 
 def _delete_uploads(settings: Settings, names: list[str]) -> None:

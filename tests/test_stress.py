@@ -262,7 +262,7 @@ class StressSettingsTest(_StressAssertions):
 class CorruptingServer:
     """A fake file server that keeps uploads in memory and changes them on the way.
 
-    mangle: 'flip' inverts the first byte, 'truncate' drops the last one.  With
+    mangle: 'flip' inverts the first byte, 'truncate' drops the last one, 'none' keeps it whole.  With
     ``report`` the UPLOAD reply carries the size and SHA-256 of what was stored
     (as the real servers do); without it, it is a bare OK.  STATS is unknown.
     """
@@ -277,6 +277,8 @@ class CorruptingServer:
     def _changed(self, data: bytes) -> bytes:
         if self.mangle == "truncate":
             return data[:-1]
+        if self.mangle == "none":
+            return data
         return bytes([data[0] ^ 0xFF]) + data[1:] if data else b"?"
 
     def _handle(self, conn: socket.socket, fake: FakeServer) -> None:
@@ -347,14 +349,17 @@ class StressCountsCorruptionTest(_StressAssertions):
         self.assertAllFailed(self.stress(server, "upload", "thread"), "corrupt")
         self.assertEqual([n for n in server.store if n.startswith("stress-upload")], [])
 
-    @unittest.expectedFailure
     def test_upload_corrupted_on_the_server_without_a_checksum_reply(self) -> None:
-        """Known gap (README: an upload is checked against the server's size and SHA-256 reply,
-        which are optional extensions): against a server that answers a bare OK, what it stored is
-        never read back, so content corrupted on the server counts as a success.  Marked as an
-        expected failure; if stress_test starts verifying uploads, this reports an unexpected success."""
+        """A server that answers a bare OK (no size or SHA-256) has what it stored read back
+        after the timed part: content it corrupted counts as failed clients."""
         server = self.corrupting("flip", report=False)
         self.assertAllFailed(self.stress(server, "upload", "thread"), "corrupt")
+
+    def test_upload_kept_whole_by_a_server_without_a_checksum_reply_succeeds(self) -> None:
+        """The read-back of unconfirmed uploads passes when the server kept every byte."""
+        server = self.corrupting("none", report=False)
+        result = self.stress(server, "upload", "thread")
+        self.assertEqual((result["succeed"], result["failed"]), (CLIENTS, 0), result["errors"])
 
 
 if __name__ == "__main__":
