@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Optional, Union
 from fileshare.protocol import (CONTENT_KEYS, TERMINATOR, ContentData, ContentEnd, ContentStart, ProtocolError,
                                 ReplyEnd, ReplyField, ReplyParser, StrictBase64Decoder, build_request,
                                 upload_prefix, validate_name)
-from fileshare.streaming import RECV_CHUNK, HashingWriter, iter_encoded, publishable_mode
+from fileshare.streaming import HashingWriter, iter_encoded, publishable_mode, receive_size
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6667
@@ -232,7 +232,10 @@ class FileClient:
 
     def _get_to_path(self, name: str, path: str, progress: Progress) -> TransferResult:
         folder = os.path.dirname(os.path.abspath(path))
-        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+        except OSError as exc:
+            raise ClientError("other", f"cannot write {path}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "w+b") as out:
                 result = self.get(name, out, progress)
@@ -322,24 +325,8 @@ class FileClient:
         fields: dict = {}
         data, self._leftover = self._leftover, b""
         try:
-            while True:
-                if not data:
-                    data = sock.recv(RECV_CHUNK)
-                    if not data:
-                        raise ClientError("reset", "the server closed the connection before replying in full")
-                for event in parser.feed(data):
-                    if isinstance(event, ReplyField):
-                        fields[event.key] = event.value
-                    elif isinstance(event, ContentData):
-                        sink.data(event.key, event.text)        # type: ignore[union-attr]
-                    elif isinstance(event, ContentStart):
-                        sink.start(event.key)                   # type: ignore[union-attr]
-                    elif isinstance(event, ContentEnd):
-                        sink.end(event.key)                     # type: ignore[union-attr]
-                    elif isinstance(event, ReplyEnd):
-                        self._leftover = parser.leftover
-                        return fields
-                data = b""
+            with receive_size() as chunk:
+                return self._receive_into(sock, parser, sink, fields, data, chunk)
         except ProtocolError as exc:
             self.close()
             raise ClientError("corrupt", f"malformed reply from the server: {exc}") from None
@@ -349,6 +336,27 @@ class FileClient:
         except ClientError:
             self.close()
             raise
+
+    def _receive_into(self, sock: socket.socket, parser: ReplyParser, sink: _ContentSink | None, fields: dict,
+                      data: bytes, chunk: int) -> dict:
+        while True:
+            if not data:
+                data = sock.recv(chunk)
+                if not data:
+                    raise ClientError("reset", "the server closed the connection before replying in full")
+            for event in parser.feed(data):
+                if isinstance(event, ReplyField):
+                    fields[event.key] = event.value
+                elif isinstance(event, ContentData):
+                    sink.data(event.key, event.text)        # type: ignore[union-attr]
+                elif isinstance(event, ContentStart):
+                    sink.start(event.key)                   # type: ignore[union-attr]
+                elif isinstance(event, ContentEnd):
+                    sink.end(event.key)                     # type: ignore[union-attr]
+                elif isinstance(event, ReplyEnd):
+                    self._leftover = parser.leftover
+                    return fields
+            data = b""
 
     def _try_reading_reply(self) -> dict | None:
         if self._sock is None:
@@ -453,6 +461,16 @@ def _port(text: str) -> int:
 _port.__name__ = "port number"
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+_seconds.__name__ = "positive number of seconds"
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Command-line client for the course's file server.",
                                      epilog="SERVER_HOST and SERVER_PORT set the default server.")
@@ -460,7 +478,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="server address (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=os.environ.get("SERVER_PORT", str(DEFAULT_PORT)),
                         help="server port (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0,
+    parser.add_argument("--timeout", type=_seconds, default=60.0,
                         help="seconds to wait on any read or write (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="list the files on the server")
@@ -486,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(name)
             elif args.command == "get":
                 out = args.out or args.name
+                if os.path.isdir(out):          # like cp: into the folder, under its own name
+                    out = os.path.join(out, args.name)
                 with _ProgressLine(f"GET {args.name}", None) as progress:
                     result = client.get(args.name, out, progress)
                 print(_describe(f"downloaded {args.name} to {out}", result))
@@ -504,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(" ".join(f"{key}={value}" for key, value in client.stats().items()))
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:              # the local side: --out in a missing folder, a directory...
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 
 from fileshare.connection import ServerContext, serve_connection
 from fileshare.handoff import HandoffServer, claim, close_inherited_sockets
@@ -26,11 +27,21 @@ _handoff_path = ""
 def _init_worker(ctx: ServerContext, handoff_path: str) -> None:
     global _worker_ctx, _handoff_path
     _worker_ctx, _handoff_path = ctx, handoff_path
-    # The parent turns Ctrl-C into a graceful stop; a terminal's SIGINT must not kill workers mid-request.
+    # The parent turns SIGTERM and Ctrl-C into a graceful stop. Sent to the whole process
+    # group (Ctrl-C, `kill -TERM -PGID`, timeout(1), systemd) they must not cut a worker's
+    # request short; only a SIGTERM from the parent (the pool tearing itself down) ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_sigterm_from_parent, name="sigterm", daemon=True).start()
     signal.set_wakeup_fd(-1)      # the parent's wake-up socket is not ours to write to
     close_inherited_sockets()
+
+
+def _exit_on_sigterm_from_parent() -> None:
+    parent = os.getppid()
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(1)
 
 
 def _serve_handed_off(token: bytes) -> None:
@@ -76,7 +87,7 @@ class ProcessDispatcher:
         # Every worker goes (a busy one would hold its connection past the grace period);
         # the pool then fails whatever was queued, and shutdown() collects it.
         for child in multiprocessing.active_children():
-            child.terminate()
+            child.kill()
         self._handoff.close()
 
     def shutdown(self) -> None:

@@ -152,20 +152,46 @@ def _memory_bytes() -> Optional[int]:
         return None
 
 
-def read_done(path: Path) -> tuple[set, int]:
-    """Cells already in an existing CSV (for --resume) and the last row number."""
+def read_done(path: Path, client_pool: str) -> tuple[set, int]:
+    """Cells already in an existing CSV (for --resume) and the last row number.
+
+    The CSV has no column for the client pool type, so the JSON Lines beside it
+    tell which one made each row; rows made with another one are not this sweep's.
+    """
     done, last = set(), 0
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_COLUMNS:
+        if next(reader, None) != CSV_COLUMNS:
             raise SystemExit(f"run_experiment: {path} does not have the expected columns; "
                              "remove it or choose another --output")
-        for row in reader:
-            if len(row) == len(CSV_COLUMNS):
-                done.add((row[1], row[2], row[3], row[4], row[5]))
-                last = max(last, int(row[0]))
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(CSV_COLUMNS) or not row[0].isdigit():
+                raise SystemExit(f"run_experiment: {path} line {line} is not a row this tool wrote; "
+                                 "fix or remove it, or choose another --output")
+            done.add((row[1], row[2], row[3], row[4], row[5]))
+            last = max(last, int(row[0]))
+    pools = _client_pools(path.with_suffix(".jsonl"))
+    if done and pools != {client_pool}:
+        found = ", ".join(sorted(pools)) or "unknown (no JSON Lines beside it)"
+        raise SystemExit(f"run_experiment: {path} was made with client pool type {found}, not {client_pool}; "
+                         "choose another --output to keep both")
     return done, last
+
+
+def _client_pools(jsonl: Path) -> set[str]:
+    pools = set()
+    try:
+        with open(jsonl, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("type") == "cell":
+                    pools.add(record.get("client_pool"))
+    except OSError:
+        pass
+    return pools
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -219,7 +245,8 @@ class Sweep:
         self.server: ServerProcess | None = None
 
     def run(self) -> int:
-        done, number = (read_done(self.output) if self.args.resume and self.output.exists() else (set(), 0))
+        done, number = (read_done(self.output, self.args.client_pool_type)
+                        if self.args.resume and self.output.exists() else (set(), 0))
         todo = [c for c in self.cells if c.key() not in done]
         if done:
             print(f"resuming: {len(self.cells) - len(todo)} of {len(self.cells)} cells already in {self.output}",
@@ -282,12 +309,12 @@ class Sweep:
                 (self.server.model, self.server.workers) == (cell.model, cell.server_workers):
             return
         self._stop_server()
-        server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"])
+        # Known before it starts, so that Ctrl-C while it starts still stops it.
+        self.server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"])
         try:
-            self.server = server.start()
+            self.server.start()
         except ServerStartError as exc:
-            log.error("%s", exc)
-            self.server = server          # not alive: its cells are recorded as failed
+            log.error("%s", exc)          # not alive: its cells are recorded as failed
 
     def _stop_server(self) -> None:
         if self.server is not None:

@@ -8,8 +8,10 @@ context, in shared memory, so the thread and process servers behave alike.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import time
 import multiprocessing
 import os
 import select
@@ -17,16 +19,17 @@ import socket
 import stat
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from . import protocol
 from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, StrictBase64Decoder,
                        UploadData, UploadEnd, UploadStart, error_reply, get_reply_prefix, ok_reply)
-from .streaming import RECV_CHUNK, HashingWriter, iter_encoded, publishable_mode
+from .streaming import HashingWriter, iter_encoded, publishable_mode, receive_size
 
 log = logging.getLogger("fileserver")
 
 IDLE_POLL_SECONDS = 0.25   # how often an idle keep-alive connection looks at the stop flag
+LOCK_TIMEOUT_SECONDS = 2.0
 
 
 class RequestCounters:
@@ -43,27 +46,40 @@ class RequestCounters:
         ctx = mp_context or multiprocessing.get_context()
         self._values = ctx.Array("q", 3, lock=True)
 
-    def _add(self, index: int, amount: int = 1) -> None:
-        with self._values.get_lock():
-            self._values[index] += amount
+    def _change(self, *changes: tuple[int, int]) -> None:
+        with self._locked():
+            for index, amount in changes:
+                self._values[index] += amount
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A worker killed inside this tiny critical section would leave the lock held
+        # for good; a count then goes unlocked rather than hanging every process.
+        lock = self._values.get_lock()
+        held = lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+        if not held:
+            log.error("request counters' lock is stuck (a worker died holding it?); counting without it")
+        try:
+            yield
+        finally:
+            if held:
+                lock.release()
 
     def succeeded(self) -> None:
-        self._add(self.SUCCEEDED)
+        self._change((self.SUCCEEDED, 1))
 
     def failed(self) -> None:
-        self._add(self.FAILED)
+        self._change((self.FAILED, 1))
 
     def success_became_failure(self) -> None:
         """A reply already counted as a success could not be delivered in full."""
-        with self._values.get_lock():
-            self._values[self.SUCCEEDED] -= 1
-            self._values[self.FAILED] += 1
+        self._change((self.SUCCEEDED, -1), (self.FAILED, 1))
 
     def connection_opened(self) -> None:
-        self._add(self.CONNECTIONS)
+        self._change((self.CONNECTIONS, 1))
 
     def snapshot(self) -> dict[str, int]:
-        with self._values.get_lock():
+        with self._locked():
             succeeded, failed, connections = self._values[:]
         return {"succeeded": succeeded, "failed": failed, "connections": connections}
 
@@ -120,6 +136,7 @@ class Connection:
         self.ctx = ctx
         self.parser = RequestParser()
         self.upload: _Upload | None = None
+        self.head_deadline = 0.0
         sock.settimeout(ctx.timeout)
         # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -130,13 +147,20 @@ class Connection:
 
     def serve(self) -> None:
         self.ctx.counters.connection_opened()
+        with receive_size() as self.recv_size:
+            self._serve()
+
+    def _serve(self) -> None:
         try:
             while True:
                 data = self._receive()
                 if not data:
                     raise ConnectionClosed
+                was_receiving_head = self.parser.receiving_head
                 try:
                     events = self.parser.feed(data)
+                    if self.parser.receiving_head and not was_receiving_head:
+                        self.head_deadline = time.monotonic() + self.ctx.timeout
                 except ProtocolError as exc:
                     # The stream cannot be resynchronised: answer, then hang up.
                     self._discard_upload()
@@ -162,20 +186,34 @@ class Connection:
     def _receive(self) -> bytes:
         if self.parser.idle and self.upload is None:
             self._wait_for_request()
+        timeout = self.ctx.timeout
+        if self.parser.receiving_head:
+            # The whole request line, not just each piece of it, must come within --timeout,
+            # or a client trickling a byte at a time would hold a worker for ever.
+            timeout = self.head_deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError(f"request not complete within {self.ctx.timeout:g} s")
+        self.sock.settimeout(timeout)
         try:
-            return self.sock.recv(RECV_CHUNK)
+            return self.sock.recv(self.recv_size)
         except socket.timeout:
-            raise TimeoutError(f"no data for {self.ctx.timeout:g} s") from None
+            raise TimeoutError(f"no data for {timeout:g} s") from None
         except ConnectionResetError:
             raise ConnectionClosed from None
 
     def _wait_for_request(self) -> None:
-        """Wait for the next request, giving up on shutdown or after the idle timeout."""
+        """Wait for the next request, giving up on shutdown or after the idle timeout.
+
+        A request that has already arrived is served even while the server stops:
+        it is in flight for its client.
+        """
         poller = select.poll()          # not select(): descriptors may exceed FD_SETSIZE
         poller.register(self.sock, select.POLLIN)
         waited = 0.0
         while waited < self.ctx.timeout:
             if self.ctx.stopping.is_set():
+                if poller.poll(0):
+                    return
                 raise ConnectionClosed
             if poller.poll(IDLE_POLL_SECONDS * 1000):
                 return
@@ -306,7 +344,10 @@ class Connection:
             limit_mb = self.ctx.max_upload_bytes / (1024 * 1024)
             self._reply_error(f"upload is larger than the server's limit of {limit_mb:g} MiB")
             return False
-        upload.writer.write(decoded)
+        try:
+            upload.writer.write(decoded)
+        except OSError as exc:         # disk full, file too large...: say so once the content is in
+            self._reject_upload(f"cannot store {upload.name!r}: {exc.strerror or exc}")
         return True
 
     def _reject_upload(self, message: str) -> None:

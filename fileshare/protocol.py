@@ -193,6 +193,11 @@ class RequestParser:
         """True between requests: no byte of a next request has arrived."""
         return self._state == self._HEAD and not self._head
 
+    @property
+    def receiving_head(self) -> bool:
+        """True while part of a request line (or of an upload's name) has arrived."""
+        return self._state == self._HEAD and bool(self._head)
+
     def feed(self, data: Union[bytes, bytearray]) -> list[RequestEvent]:
         events: list[RequestEvent] = []
         view = memoryview(data)

@@ -495,6 +495,27 @@ class ServerTestsMixin:
         self.assertEqual((self.root / "keep").read_bytes(), OLD)
         self.assert_serving(server)
 
+    def test_trickled_request_line_times_out(self) -> None:
+        """A byte every 0.6 s is never silent for --timeout 1, but the request line as a whole
+        must arrive within it: the connection is closed, not held for ever."""
+        self.put("keep", OLD)
+        server = self.start_server(workers=1, extra_args=["--timeout", "1"])
+        with server.connect() as slow:
+            started = time.monotonic()
+            closed = False
+            for byte in b"GET keep-and-a-very-long-name":       # bounded: 29 bytes, ~17 s at most
+                try:
+                    slow.send(bytes([byte]))
+                except OSError:
+                    closed = True
+                    break
+                if slow.wait_closed(0.6):
+                    closed = True
+                    break
+            self.assertTrue(closed, "a trickling client held the only worker")
+            self.assertLess(time.monotonic() - started, 4)
+        self.assert_serving(server)
+
     def test_active_connection_is_not_timed_out(self) -> None:
         """--timeout is about silence: a connection used every 0.45 s outlives it."""
         self.put("keep", OLD)
@@ -744,6 +765,42 @@ class ServerTestsMixin:
         self.assertLess(elapsed, 5, "the stop waited for the whole grace period")
         self.assertEqual((self.root / "keep").read_bytes(), content)
         self.assertEqual(temp_files(self.root), [])
+
+    def test_sigterm_to_the_group_lets_a_request_in_flight_finish(self) -> None:
+        """`kill -TERM -PGID`, timeout(1) and systemd signal every process of the group:
+        the workers too.  Still a graceful stop: the upload in flight completes."""
+        server = self.start_server(workers=2, extra_args=["--grace", "10"])
+        content = os.urandom(600_000)
+        text = b64(content)
+        with server.connect() as c:
+            c.send(b"UPLOAD whole " + text[:400_000])
+            self.assertTrue(wait_until(lambda: temp_files(self.root), 5), "upload did not start")
+            os.killpg(server.pid, signal.SIGTERM)           # the group this test started
+            self.assertTrue(wait_until(lambda: "stopping (signal" in server.stderr_text(), 5))
+            c.send(text[400_000:] + TERMINATOR)
+            reply = self.assert_ok(decode_reply(c.recv_reply(5)), "upload cut by a group SIGTERM")
+            self.assertEqual(reply["sha256"], sha(content))
+        returncode, _ = self.stop_and_wait(server, 8, signum=None)
+        self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
+        self.assertEqual((self.root / "whole").read_bytes(), content)
+
+    def test_sigterm_still_serves_a_request_that_had_arrived(self) -> None:
+        """A request already received but queued behind the only worker is in flight for its
+        client: it is answered within the grace, not dropped."""
+        self.put("small.txt", b"small")
+        server = self.start_server(workers=1, extra_args=["--grace", "10"])
+        with server.connect() as busy, server.connect() as queued:
+            busy.send(b"UPLOAD big.bin QUJD")                # holds the only worker
+            self.assertTrue(wait_until(lambda: temp_files(self.root), 5), "upload did not start")
+            queued.send(b"GET small.txt\r\n\r\n")
+            server.signal(signal.SIGTERM)
+            self.assertTrue(wait_until(lambda: "stopping (signal" in server.stderr_text(), 5))
+            busy.send(TERMINATOR)
+            self.assert_ok(decode_reply(busy.recv_reply(5)))
+            reply = self.assert_ok(decode_reply(queued.recv_reply(5)), "queued request dropped")
+            self.assertEqual(base64.b64decode(reply["data_file"]), b"small")
+        returncode, _ = self.stop_and_wait(server, 8, signum=None)
+        self.assertEqual(returncode, 0)
 
     def test_sigterm_with_idle_connection_is_prompt(self) -> None:
         self.put("keep", OLD)
