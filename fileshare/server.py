@@ -156,6 +156,8 @@ class _StopSignal:
 def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
                argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser(description).parse_args(argv)
+    # From here on SIGTERM/SIGINT mean "stop gracefully", even during start-up.
+    stop = _StopSignal()
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(processName)s %(levelname)s %(message)s")
     root = os.path.abspath(args.root)
@@ -163,13 +165,12 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
         print(f"error: cannot create the folder to serve {root}: {exc.strerror}", file=sys.stderr)
+        stop.close()
         return 2
     stale = remove_temp_files(root)
     if stale:
         log.info("removed %d upload leftovers of servers no longer running", stale)
 
-    # SIGINT/SIGTERM are caught from here on, so no worker is left half-started.
-    stop = _StopSignal()
     mp = multiprocessing.get_context("fork")
     ctx = ServerContext(root=root, timeout=args.timeout,
                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -191,7 +192,10 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     try:
         host, port = listener.getsockname()[:2]
         log.info("serving %s with %d workers", root, args.workers)
-        print(f"listening on {host}:{port}", flush=True)
+        try:
+            print(f"listening on {host}:{port}", flush=True)
+        except BrokenPipeError:     # whoever started us is gone: nobody to serve
+            stop.received = signal.SIGPIPE
         in_flight = _accept_until_stopped(listener, stop, dispatcher)
         listener.close()
         log.info("stopping (signal %s): %d connections in flight", stop.received, len(in_flight))
