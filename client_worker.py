@@ -430,7 +430,8 @@ class _ProgressLine:
     def __init__(self, label: str, total: int | None) -> None:
         self.label, self.total = label, total
         self.done = 0
-        self.started = self.last = time.monotonic()
+        self.started = time.monotonic()
+        self.last = float("-inf")          # the first piece is shown at once
         self.enabled = sys.stderr.isatty()
 
     def __call__(self, amount: int) -> None:
@@ -438,16 +439,20 @@ class _ProgressLine:
         now = time.monotonic()
         if self.enabled and now - self.last >= 0.1:
             self.last = now
-            rate = self.done / max(now - self.started, 1e-9) / 1e6
-            share = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
-            sys.stderr.write(f"\r{self.label}: {self.done / 1e6:9.1f} MB{share} {rate:7.1f} MB/s")
-            sys.stderr.flush()
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        rate = self.done / max(now - self.started, 1e-9) / 1e6
+        share = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
+        sys.stderr.write(f"\r{self.label}: {self.done / 1e6:9.1f} MB{share} {rate:7.1f} MB/s")
+        sys.stderr.flush()
 
     def __enter__(self) -> "_ProgressLine":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self.enabled and self.done:
+            self._show(time.monotonic())   # the final figures
             sys.stderr.write("\n")
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import multiprocessing
 import os
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +36,7 @@ from typing import Callable, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client_worker import FileClient  # noqa: E402
-from fileshare.processes import ServerProcess, child_pids, vm_hwm  # noqa: E402
+from fileshare.processes import ServerProcess, child_pids, script_path, vm_hwm  # noqa: E402
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
 from fileshare.streaming import RECV_CHUNK  # noqa: E402
 
@@ -208,6 +210,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--size-mb", type=int, default=100, help="file size for the main cases (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=4, help="'several clients' (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=5, help="server pool size (default: %(default)s)")
+    parser.add_argument("--skip-crowd", action="store_true",
+                        help="skip the memory check with 50 clients in one process (about a minute)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="fileserver-bench-") as tmp:
@@ -238,6 +242,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
             scaling = measure_scaling(servers, served, scratch, keep, sizes)
             report(args, results, scaling, servers)
+            if not args.skip_crowd:
+                report_crowd(args.size_mb)
         finally:
             for server in servers.values():
                 server.stop()
@@ -292,6 +298,27 @@ def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict
             for clients in (1, 5, 50):
                 seconds = scaling[(model, op, "clients", clients)]
                 print(f"  {model:<8} {op:<8} {clients:>10} {seconds:8.3f} {seconds / clients * 1000:14.1f}")
+
+
+def report_crowd(size_mb: int) -> None:
+    """Memory with many transfers in one process: stress_test's 50 thread clients against the
+    thread server, whose one process then serves all 50 connections."""
+    print(f"\nMemory with 50 transfers in one process (stress_test, thread client pool, {size_mb} MB each, "
+          f"thread server with 50 workers):")
+    with tempfile.TemporaryDirectory(prefix="fileserver-crowd-") as root, \
+            ServerProcess("thread", root, 50, extra_args=["--log-level", "WARNING"]) as crowd_server:
+        for op in ("download", "upload"):
+            env = dict(os.environ, STRESS_OP=op, FILE_SIZE_MB=str(size_mb), CLIENT_POOL="50",
+                       CLIENT_POOL_TYPE="thread", SERVER_HOST=crowd_server.host, SERVER_PORT=str(crowd_server.port))
+            proc = subprocess.Popen([sys.executable, str(script_path("stress_test.py"))], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            out = proc.stdout.read()
+            _, _, usage = os.wait4(proc.pid, 0)      # this child's own peak, not the bench's
+            proc.returncode = 0
+            result = json.loads(out)
+            print(f"  {op:<8} clients ok/failed {result['succeed']}/{result['failed']}, "
+                  f"stress_test peak RSS {usage.ru_maxrss / 1024:5.1f} MiB, "
+                  f"server peak RSS so far {peak_rss(crowd_server.pid) / MIB:5.1f} MiB")
 
 
 if __name__ == "__main__":

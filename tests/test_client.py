@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import shutil
 import socket
 import subprocess
@@ -650,6 +651,37 @@ class CommandLineTest(ServerPerClass, unittest.TestCase):
         self.assertEqual(len(lines), 1, proc.stderr)
         self.assertTrue(lines[0].startswith("error: "), lines[0])
         return lines[0]
+
+    def test_progress_on_a_terminal_and_quiet_otherwise(self) -> None:
+        path = os.path.join(self.cwd, "big.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(1024 * 1024) * 60)
+        quiet = self.cli("upload", path)
+        self.assertOk(quiet)
+        self.assertEqual(quiet.stderr, "", "progress written to a stderr that is not a terminal")
+        controller, terminal = pty.openpty()
+        try:
+            proc = subprocess.Popen([sys.executable, str(CLIENT_SCRIPT), "--host", HOST, "--port",
+                                     str(self.server.port), "get", "big.bin", "--out", "copy.bin"],
+                                    cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=terminal)
+            os.close(terminal)
+            shown = bytearray()
+            deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:             # the terminal's other end closed: the client is done
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        finally:
+            os.close(controller)
+        self.assertEqual(proc.returncode, 0)
+        self.assertIn(b"GET big.bin", shown)
+        self.assertIn(b"MB/s", shown)
 
     def test_upload_list_get_delete_stats(self) -> None:
         proc = self.cli("stats")
