@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Union
 
+from fileshare.cli import positive_float, remote_port
 from fileshare.protocol import (CONTENT_KEYS, TERMINATOR, ContentData, ContentEnd, ContentStart, ProtocolError,
                                 ReplyEnd, ReplyField, ReplyParser, StrictBase64Decoder, build_request,
                                 upload_prefix, validate_name)
@@ -456,34 +457,14 @@ class _ProgressLine:
             sys.stderr.write("\n")
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise ValueError(text)
-    return value
-
-
-_port.__name__ = "port number"
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-_seconds.__name__ = "positive number of seconds"
-
-
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Command-line client for the course's file server.",
                                      epilog="SERVER_HOST and SERVER_PORT set the default server.")
     parser.add_argument("--host", default=os.environ.get("SERVER_HOST", DEFAULT_HOST),
                         help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=os.environ.get("SERVER_PORT", str(DEFAULT_PORT)),
+    parser.add_argument("--port", type=remote_port, default=os.environ.get("SERVER_PORT", str(DEFAULT_PORT)),
                         help="server port (default: %(default)s)")
-    parser.add_argument("--timeout", type=_seconds, default=60.0,
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
                         help="seconds to wait on any read or write (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="list the files on the server")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from fileshare.chart import write_chart
+from fileshare.cli import positive_float, positive_int
 from fileshare.processes import ServerProcess, ServerStartError, run_in_group, script_path
 
 log = logging.getLogger("run_experiment")
@@ -362,10 +363,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="how stress_test runs its clients (default: %(default)s)")
     p.add_argument("--output", default="results.csv", help="CSV to write; the JSON Lines and SVG go beside it "
                                                            "(default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=300.0,
+    p.add_argument("--timeout", type=positive_float, default=300.0,
                    help="seconds one stress test may take before it is killed and its clients count as "
                         "failed (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--repeat", type=positive_int, default=1,
                    help="run each cell N times; the CSV row is the median run by throughput, the JSON Lines "
                         "keep every run (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="skip the cells already in --output, append the rest")
@@ -377,9 +378,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    if args.repeat < 1 or args.timeout <= 0:
-        print("run_experiment: --repeat and --timeout must be positive", file=sys.stderr)
-        return 2
     base = QUICK if args.quick else DEFAULTS
     lists = {name: getattr(args, name) or base[name] for name in DEFAULTS}
     cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"])

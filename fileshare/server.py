@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from . import protocol
+from .cli import port_number, positive_float, positive_int
 from .connection import RequestCounters, ServerContext
 
 log = logging.getLogger("fileserver")
@@ -47,32 +48,6 @@ class Dispatcher(Protocol):
 
     def shutdown(self) -> None:
         """Release the pool; after this no worker thread or process is left."""
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-positive_int.__name__ = "positive integer"
-port_number.__name__ = "port number (0-65535)"
-positive_float.__name__ = "positive number"
 
 
 def build_arg_parser(description: str) -> argparse.ArgumentParser:
