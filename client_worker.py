@@ -201,7 +201,7 @@ class FileClient:
         return names
 
     def delete(self, name: str) -> str:
-        return str(self._simple(build_request("DELETE", name)).get("data", ""))
+        return str(self._simple(build_request("DELETE", _checked_name(name))).get("data", ""))
 
     def stats(self) -> dict:
         """The server's request counters (an extension: servers of the course toolkit only)."""
@@ -217,7 +217,7 @@ class FileClient:
         started = time.perf_counter()
         sink = _ContentSink(dest, progress)
         try:
-            self._send(build_request("GET", name))
+            self._send(build_request("GET", _checked_name(name)))
             fields = self._receive(sink)
         except BaseException:
             sink.abort()
@@ -267,10 +267,7 @@ class FileClient:
                 raise ClientError("other", f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
         if not name:
             raise ClientError("other", "upload needs a name for content that is not a file path")
-        try:
-            validate_name(name)
-        except ProtocolError as exc:
-            raise ClientError("other", str(exc)) from None
+        _checked_name(name)
         if " " in name:
             raise ClientError("other", f"upload name {name!r} contains a space; the protocol ends an "
                                        "UPLOAD name at the first space")
@@ -402,6 +399,14 @@ def _read_full(source: BinaryIO, size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _checked_name(name: str) -> str:
+    """Refuse here what no server would serve (and what could not even be sent)."""
+    try:
+        return validate_name(name)
+    except ProtocolError as exc:
+        raise ClientError("other", str(exc)) from None
 
 
 def _raise_for_status(reply: dict, message: str) -> None:

@@ -12,6 +12,7 @@ import concurrent.futures.process
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import threading
@@ -38,9 +39,11 @@ def _init_worker(ctx: ServerContext, handoff_path: str) -> None:
 
 
 def _exit_on_sigterm_from_parent() -> None:
+    """End this worker on a SIGTERM from its parent, or once the parent is gone (killed)."""
     parent = os.getppid()
     while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+        info = signal.sigtimedwait({signal.SIGTERM}, 1.0)
+        if os.getppid() != parent or (info is not None and info.si_pid == parent):
             os._exit(1)
 
 
@@ -58,6 +61,10 @@ class ProcessDispatcher:
         self._handoff = HandoffServer()
         self._executor = self._new_pool()
         self._handoff.start()
+        self._lock = threading.Lock()           # one pool replacement at a time
+        self._closing = False
+        self._unclaimed: "queue.Queue[bytes]" = queue.Queue()
+        threading.Thread(target=self._resubmit_unclaimed, name="resubmit", daemon=True).start()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         executor = concurrent.futures.ProcessPoolExecutor(
@@ -69,21 +76,44 @@ class ProcessDispatcher:
         return executor
 
     def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
-        token = self._handoff.offer(conn)
-        try:
-            future = self._executor.submit(_serve_handed_off, token)
-        except concurrent.futures.process.BrokenProcessPool:
-            # A worker died (killed, out of memory): the pool is unusable, so replace it.
-            logging.getLogger("fileserver").error("a worker process died; starting a new pool")
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            # The broken pool took every worker down: their unfinished uploads are debris now.
-            remove_temp_files(self._ctx.root, self._ctx.temp_tag)
-            self._executor = self._new_pool()
-            future = self._executor.submit(_serve_handed_off, token)
-        future.add_done_callback(lambda _: self._handoff.withdraw(token))
+        return self._submit(self._handoff.offer(conn), retried=False)
+
+    def _submit(self, token: bytes, retried: bool) -> concurrent.futures.Future:
+        with self._lock:
+            # A dead worker (killed, out of memory) dooms the pool: Python will stop all its
+            # workers. Replace it before a connection is handed to a worker about to be stopped.
+            if len(multiprocessing.active_children()) < self._workers:
+                self._replace_pool()
+            try:
+                future = self._executor.submit(_serve_handed_off, token)
+            except concurrent.futures.process.BrokenProcessPool:
+                self._replace_pool()
+                future = self._executor.submit(_serve_handed_off, token)
+        future.add_done_callback(lambda done: self._settle(done, token, retried))
         return future
 
+    def _replace_pool(self) -> None:
+        logging.getLogger("fileserver").error("a worker process died; starting a new pool")
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        remove_temp_files(self._ctx.root, self._ctx.temp_tag)   # its workers' unfinished uploads
+        self._executor = self._new_pool()
+
+    def _settle(self, future: concurrent.futures.Future, token: bytes, retried: bool) -> None:
+        broken = not future.cancelled() and isinstance(future.exception(), concurrent.futures.process.BrokenProcessPool)
+        if broken and not retried and not self._closing and self._handoff.holds(token):
+            # No worker collected this connection, so its request is unread: a new pool can serve it.
+            self._unclaimed.put(token)
+        else:
+            self._handoff.withdraw(token)
+
+    def _resubmit_unclaimed(self) -> None:
+        # Runs on its own thread: the pool's callbacks run on its manager thread, which
+        # replacing the pool must wait for.
+        while True:
+            self._submit(self._unclaimed.get(), retried=True)
+
     def force_close(self) -> None:
+        self._closing = True
         # Every worker goes (a busy one would hold its connection past the grace period);
         # the pool then fails whatever was queued, and shutdown() collects it.
         for child in multiprocessing.active_children():
@@ -91,7 +121,9 @@ class ProcessDispatcher:
         self._handoff.close()
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._closing = True
+        with self._lock:
+            self._executor.shutdown(wait=True, cancel_futures=True)
         for child in multiprocessing.active_children():
             child.join(5)
         self._handoff.close()

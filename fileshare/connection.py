@@ -136,7 +136,7 @@ class Connection:
         self.ctx = ctx
         self.parser = RequestParser()
         self.upload: _Upload | None = None
-        self.head_deadline = 0.0
+        self.head_deadline: float | None = None
         sock.settimeout(ctx.timeout)
         # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -147,28 +147,9 @@ class Connection:
 
     def serve(self) -> None:
         self.ctx.counters.connection_opened()
-        with receive_size() as self.recv_size:
-            self._serve()
-
-    def _serve(self) -> None:
         try:
-            while True:
-                data = self._receive()
-                if not data:
-                    raise ConnectionClosed
-                was_receiving_head = self.parser.receiving_head
-                try:
-                    events = self.parser.feed(data)
-                    if self.parser.receiving_head and not was_receiving_head:
-                        self.head_deadline = time.monotonic() + self.ctx.timeout
-                except ProtocolError as exc:
-                    # The stream cannot be resynchronised: answer, then hang up.
-                    self._discard_upload()
-                    self._reply_error(str(exc))
-                    return
-                for event in events:
-                    if not self._handle(event):
-                        return
+            while self._serve_next_chunk():
+                pass
         except ConnectionClosed:
             if self.upload is not None or not self.parser.idle:
                 log.info("%s went away in the middle of a request", self.peer)
@@ -181,25 +162,52 @@ class Connection:
             self._discard_upload()
             self.sock.close()
 
-    # ------------------------------------------------------------------ reading
-
-    def _receive(self) -> bytes:
+    def _serve_next_chunk(self) -> bool:
+        """Receive one chunk and act on what it completes; False ends the connection."""
         if self.parser.idle and self.upload is None:
             self._wait_for_request()
+        with receive_size() as size:      # a large receive only while few transfers share the process
+            data = self._receive(size)
+            if not data:
+                raise ConnectionClosed
+            try:
+                events = self.parser.feed(data)
+            except ProtocolError as exc:
+                # The stream cannot be resynchronised: answer, then hang up.
+                self._discard_upload()
+                self._reply_error(str(exc))
+                return False
+            for event in events:
+                if isinstance(event, (Request, UploadStart)):
+                    self.head_deadline = None     # the next request line gets its own
+                if not self._handle(event):
+                    return False
+        return True
+
+    # ------------------------------------------------------------------ reading
+
+    def _receive(self, size: int) -> bytes:
         timeout = self.ctx.timeout
         if self.parser.receiving_head:
-            # The whole request line, not just each piece of it, must come within --timeout,
-            # or a client trickling a byte at a time would hold a worker for ever.
-            timeout = self.head_deadline - time.monotonic()
+            # The whole request line, not just each piece of it, must come within --timeout
+            # of the moment this worker starts waiting for it, or a client trickling a byte
+            # at a time would hold a worker for ever.
+            now = time.monotonic()
+            if self.head_deadline is None:
+                self.head_deadline = now + self.ctx.timeout
+            timeout = self.head_deadline - now
             if timeout <= 0:
                 raise TimeoutError(f"request not complete within {self.ctx.timeout:g} s")
-        self.sock.settimeout(timeout)
+            self.sock.settimeout(timeout)
         try:
-            return self.sock.recv(self.recv_size)
+            return self.sock.recv(size)
         except socket.timeout:
             raise TimeoutError(f"no data for {timeout:g} s") from None
         except ConnectionResetError:
             raise ConnectionClosed from None
+        finally:
+            if timeout != self.ctx.timeout:
+                self.sock.settimeout(self.ctx.timeout)    # replies get the full --timeout
 
     def _wait_for_request(self) -> None:
         """Wait for the next request, giving up on shutdown or after the idle timeout.

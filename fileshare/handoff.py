@@ -51,6 +51,11 @@ class HandoffServer:
             self._pending[token] = conn
         return token
 
+    def holds(self, token: bytes) -> bool:
+        """True while the socket kept under ``token`` waits for a worker."""
+        with self._lock:
+            return token in self._pending
+
     def withdraw(self, token: bytes) -> None:
         """Close a socket no worker claimed (its task was cancelled or failed)."""
         with self._lock:

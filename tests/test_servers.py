@@ -516,6 +516,20 @@ class ServerTestsMixin:
             self.assertLess(time.monotonic() - started, 4)
         self.assert_serving(server)
 
+    def test_pipelined_requests_each_get_their_own_time(self) -> None:
+        """A client whose every segment ends in the middle of its next request line is not cut:
+        each request line has --timeout from when the worker starts waiting for it."""
+        self.put("keep", OLD)
+        server = self.start_server(workers=1, extra_args=["--timeout", "1"])
+        with server.connect() as c:
+            c.send(b"LIS")
+            for _ in range(4):                      # 4 x 0.4 s: longer than --timeout in all
+                time.sleep(0.4)
+                c.send(b"T" + TERMINATOR + b"LIS")
+            c.send(b"T" + TERMINATOR)
+            for _ in range(5):
+                self.assert_ok(decode_reply(c.recv_reply(5)))
+
     def test_active_connection_is_not_timed_out(self) -> None:
         """--timeout is about silence: a connection used every 0.45 s outlives it."""
         self.put("keep", OLD)
@@ -922,6 +936,16 @@ class ThreadServerTests(ServerTestsMixin, unittest.TestCase):
 
 class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
     KIND = "process"
+
+    def test_workers_do_not_outlive_a_killed_server(self) -> None:
+        """SIGKILL leaves the server no time to stop its pool: the workers notice and go."""
+        server = self.start_server(workers=3)
+        workers = self.worker_snapshot(server)
+        self.assertEqual(len(workers), 3)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+        self.assertTrue(wait_until(lambda: not any(process_alive(p, t) for p, t in workers), 5),
+                        "workers left running after their server was killed")
 
     def test_a_dead_worker_does_not_take_the_server_down(self) -> None:
         """A worker process that dies (OOM killer, crash) must not end the whole service.
