@@ -246,6 +246,7 @@ class Sweep:
         self.server: ServerProcess | None = None
 
     def run(self) -> int:
+        env = environment()     # before the output files are opened: they would make the tree look dirty
         done, number = (read_done(self.output, self.args.client_pool_type)
                         if self.args.resume and self.output.exists() else (set(), 0))
         todo = [c for c in self.cells if c.key() not in done]
@@ -260,7 +261,7 @@ class Sweep:
             if not append:
                 writer.writerow(CSV_COLUMNS)
                 csv_file.flush()
-            _write_json(jsonl_file, environment())
+            _write_json(jsonl_file, env)
             self._sweep(todo, number, writer, csv_file, jsonl_file)
         return 0
 
