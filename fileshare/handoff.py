@@ -12,6 +12,7 @@ task, however often workers are reused.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import secrets
@@ -22,16 +23,29 @@ import struct
 import tempfile
 import threading
 
+from .server import process_alive
+
 log = logging.getLogger("fileserver.handoff")
 
 TOKEN_BYTES = 16
+FOLDER_PREFIX = "fileserver-handoff-"
+
+
+def _remove_stale_folders() -> None:
+    """Remove the handoff folders of servers that were killed before they could."""
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), FOLDER_PREFIX + "*-*")):
+        owner = os.path.basename(path)[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not process_alive(int(owner)) and os.stat(path).st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class HandoffServer:
     """Parent side: keeps accepted sockets until a worker claims them."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="fileserver-handoff-")   # mode 0700: ours alone
+        _remove_stale_folders()
+        # Mode 0700: ours alone. The PID in the name tells a later server whether it is stale.
+        self._dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.path = os.path.join(self._dir, "handoff.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.path)

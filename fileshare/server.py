@@ -83,7 +83,7 @@ def remove_temp_files(root: str, tag: str | None = None) -> int:
     removed = 0
     for path in glob.glob(pattern, include_hidden=True):
         owner = os.path.basename(path)[len(protocol.TEMP_PREFIX):].split("-", 1)[0]
-        if tag is None and owner.isdigit() and _process_alive(int(owner)):
+        if tag is None and owner.isdigit() and process_alive(int(owner)):
             continue               # another live server's upload in progress
         try:
             os.unlink(path)
@@ -93,7 +93,7 @@ def remove_temp_files(root: str, tag: str | None = None) -> int:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
