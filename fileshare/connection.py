@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import time
 import multiprocessing
 import os
 import select
 import socket
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -105,8 +105,6 @@ class _Upload:
     def __init__(self, ctx: ServerContext, name: str) -> None:
         self.name = name
         self.decoder = StrictBase64Decoder()
-        self.error: str | None = None
-        self.drained = 0
         fd, self.temp_path = tempfile.mkstemp(prefix=f"{protocol.TEMP_PREFIX}{ctx.temp_tag}-",
                                               suffix=protocol.TEMP_SUFFIX, dir=ctx.root)
         self.file = os.fdopen(fd, "wb")
@@ -135,7 +133,7 @@ class Connection:
         self.sock = sock
         self.ctx = ctx
         self.parser = RequestParser()
-        self.upload: _Upload | None = None
+        self.upload: _Upload | _RejectedUpload | None = None
         self.head_deadline: float | None = None
         sock.settimeout(ctx.timeout)
         # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
@@ -334,7 +332,7 @@ class Connection:
         upload = self.upload
         if upload is None:
             return True
-        if upload.error is not None:
+        if isinstance(upload, _RejectedUpload):
             # Drain a refused upload's content, then answer; but no more than an accepted one could send.
             upload.drained += len(text)
             if upload.drained > protocol.encoded_size(self.ctx.max_upload_bytes):
@@ -366,7 +364,7 @@ class Connection:
         upload, self.upload = self.upload, None
         if upload is None:
             return
-        if upload.error is not None:
+        if isinstance(upload, _RejectedUpload):
             self._reply_error(upload.error)
             return
         try:
