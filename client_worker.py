@@ -34,7 +34,7 @@ from fileshare.cli import positive_float, remote_port
 from fileshare.protocol import (CONTENT_KEYS, TERMINATOR, ContentData, ContentEnd, ContentStart, ProtocolError,
                                 ReplyEnd, ReplyField, ReplyParser, StrictBase64Decoder, build_request,
                                 upload_prefix, validate_name)
-from fileshare.streaming import HashingWriter, iter_encoded, publishable_mode, receive_size
+from fileshare.streaming import HashingWriter, ReceiveBuffer, iter_encoded, publishable_mode, receive_size
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6667
@@ -128,6 +128,10 @@ class _ContentSink:
         if self.progress and decoded:
             self.progress(len(decoded))
 
+    def aligned(self, size: int) -> int:
+        """How much to receive next so the content decodes without joining pieces."""
+        return self._decoder.aligned(size)
+
     def end(self, key: str) -> None:
         if key != self.key or self.error is not None:
             return
@@ -165,6 +169,7 @@ class FileClient:
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._sock: socket.socket | None = None
         self._leftover = b""
+        self._received = ReceiveBuffer()
 
     # ------------------------------------------------------------------ connection
 
@@ -336,25 +341,35 @@ class FileClient:
             raise
 
     def _receive_into(self, sock: socket.socket, parser: ReplyParser, sink: _ContentSink | None, fields: dict,
-                      data: bytes, chunk: int) -> dict:
+                      data: bytes | bytearray, chunk: int) -> dict:
         while True:
             if not data:
-                data = sock.recv(chunk)
+                data = self._received.receive(sock, sink.aligned(chunk) if sink is not None else chunk)
                 if not data:
                     raise ClientError("reset", "the server closed the connection before replying in full")
-            for event in parser.feed(data):
-                if isinstance(event, ReplyField):
-                    fields[event.key] = event.value
-                elif isinstance(event, ContentData):
-                    sink.data(event.key, event.text)        # type: ignore[union-attr]
-                elif isinstance(event, ContentStart):
-                    sink.start(event.key)                   # type: ignore[union-attr]
-                elif isinstance(event, ContentEnd):
-                    sink.end(event.key)                     # type: ignore[union-attr]
-                elif isinstance(event, ReplyEnd):
-                    self._leftover = parser.leftover
-                    return fields
+            if self._dispatch(parser.feed(data), sink, fields):
+                self._leftover = parser.leftover
+                return fields
             data = b""
+
+    @staticmethod
+    def _dispatch(events: list, sink: _ContentSink | None, fields: dict) -> bool:
+        """Hand one receive's reply events on; True once the reply is complete.
+
+        Its own function so no event (a view of the receive buffer) outlives the call.
+        """
+        for event in events:
+            if isinstance(event, ReplyField):
+                fields[event.key] = event.value
+            elif isinstance(event, ContentData):
+                sink.data(event.key, event.text)        # type: ignore[union-attr]
+            elif isinstance(event, ContentStart):
+                sink.start(event.key)                   # type: ignore[union-attr]
+            elif isinstance(event, ContentEnd):
+                sink.end(event.key)                     # type: ignore[union-attr]
+            elif isinstance(event, ReplyEnd):
+                return True
+        return False
 
     def _try_reading_reply(self) -> dict | None:
         if self._sock is None:

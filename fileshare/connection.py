@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from . import protocol
 from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, StrictBase64Decoder,
                        UploadData, UploadEnd, UploadStart, error_reply, get_reply_prefix, ok_reply)
-from .streaming import HashingWriter, iter_encoded, publishable_mode, receive_size
+from .streaming import HashingWriter, ReceiveBuffer, iter_encoded, publishable_mode, receive_size
 
 log = logging.getLogger("fileserver")
 
@@ -135,6 +135,7 @@ class Connection:
         self.parser = RequestParser()
         self.upload: _Upload | _RejectedUpload | None = None
         self.head_deadline: float | None = None
+        self.received = ReceiveBuffer()
         sock.settimeout(ctx.timeout)
         # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -165,6 +166,8 @@ class Connection:
         if self.parser.idle and self.upload is None:
             self._wait_for_request()
         with receive_size() as size:      # a large receive only while few transfers share the process
+            if isinstance(self.upload, _Upload):
+                size = self.upload.decoder.aligned(size)
             data = self._receive(size)
             if not data:
                 raise ConnectionClosed
@@ -184,7 +187,7 @@ class Connection:
 
     # ------------------------------------------------------------------ reading
 
-    def _receive(self, size: int) -> bytes:
+    def _receive(self, size: int) -> bytearray:
         timeout = self.ctx.timeout
         if self.parser.receiving_head:
             # The whole request line, not just each piece of it, must come within --timeout
@@ -198,7 +201,7 @@ class Connection:
                 raise TimeoutError(f"request not complete within {self.ctx.timeout:g} s")
             self.sock.settimeout(timeout)
         try:
-            return self.sock.recv(size)
+            return self.received.receive(self.sock, size)
         except socket.timeout:
             raise TimeoutError(f"no data for {timeout:g} s") from None
         except ConnectionResetError:

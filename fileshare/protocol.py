@@ -106,14 +106,23 @@ class StrictBase64Decoder:
         if self._padded:
             raise ProtocolError("invalid base64: data after the final padding")
         if self._carry:
-            # One copy of the piece beats decoding the straddling group on its own.
-            text = self._carry + bytes(text)
+            # One copy of the piece beats decoding the straddling group on its own;
+            # a reader that asks aligned() for its sizes rarely gets here.
+            text = b"".join((self._carry, text))
             self._carry = b""
         whole = len(text) - len(text) % 4
         if whole != len(text):
             self._carry = bytes(text[whole:])
             text = memoryview(text)[:whole]
         return self._decode(text) if whole else b""
+
+    def aligned(self, size: int) -> int:
+        """How many characters, at most ``size``, to read next so that none is left over.
+
+        A reader that receives this many (when that many have arrived) hands
+        :meth:`feed` whole 4-character groups, which it decodes without copying.
+        """
+        return size - (size + len(self._carry)) % 4
 
     def finish(self) -> None:
         """Check that the text ended cleanly; raise :class:`ProtocolError` if not."""

@@ -329,6 +329,23 @@ class StrictBase64DecoderTests(unittest.TestCase):
             decoder.finish()
             self.assertEqual(bytes(out), raw)
 
+    def test_aligned_sizes_leave_nothing_over(self):
+        # Whatever a first piece left over, one piece of the size aligned() gives
+        # completes the group, and the content still decodes exactly.
+        raw = random.Random(4).randbytes(3000)
+        text = base64.b64encode(raw)
+        for first in range(0, 9):
+            with self.subTest(first=first):
+                decoder = StrictBase64Decoder()
+                out = bytearray(decoder.feed(text[:first]))
+                size = decoder.aligned(101)
+                self.assertIn(size, range(98, 102))
+                out += decoder.feed(text[first:first + size])
+                self.assertEqual(decoder.aligned(101), 100, "a group is still held back")
+                out += decoder.feed(text[first + size:])
+                decoder.finish()
+                self.assertEqual(bytes(out), raw)
+
     def test_empty_feed_is_harmless(self):
         decoder = StrictBase64Decoder()
         self.assertEqual(decoder.feed(b""), b"")
