@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark: our two servers and our client against this machine's ceiling.
 
-    python bench/bench.py              # about two minutes on 2 cores
-    python bench/bench.py --rounds 5   # more rounds, steadier medians
+    python bench/bench.py              # about three minutes on 2 cores
+    python bench/bench.py --skip-crowd # without the 50-client memory check
 
 The ceiling is a minimal streaming pipeline written here (file -> base64 ->
 loopback socket -> strict decode -> file), with no protocol, no checks and no
-pools.  Each case runs the ceiling, the thread server and the process server
-one after another, round after round, so machine drift hits all three alike;
-the table shows medians over rounds.  Every client runs in a process of its
+pools; "+sha256" is the same pipeline whose receiving side also computes the
+SHA-256 of what it decoded, the one check our client (downloads) and server
+(uploads) make of every transfer.  Each case runs the four one after another,
+round after round, so machine drift hits all alike; the table shows medians
+over rounds, and ratios as the median of each round's ratio.  Every client runs in a process of its
 own and reports its own peak RSS; the servers' peak RSS comes from
 /proc/PID/status (VmHWM) of the server and each of its workers.
 
@@ -44,6 +46,7 @@ MIB = 1024 * 1024
 MB = 1e6
 CLIENT_TIMEOUT = 300.0
 MP = multiprocessing.get_context("fork")
+IMPLEMENTATIONS = ("ceiling", "verified", "thread", "process")    # run in this order, every round
 
 
 # ---------------------------------------------------------------------- ceiling
@@ -55,16 +58,23 @@ def _ceiling_send_file(sock: socket.socket, path: str) -> None:
     sock.shutdown(socket.SHUT_WR)
 
 
-def _ceiling_receive_file(sock: socket.socket, path: str) -> int:
+def _ceiling_receive_file(sock: socket.socket, path: str, verify: bool) -> int:
+    """Receive and decode to ``path``; with ``verify``, also SHA-256 what was decoded
+    (the check our client and server make of every transfer, compared with nothing)."""
     decoder = StrictBase64Decoder()
+    digest = hashlib.sha256() if verify else None
     with open(path, "wb") as out:
         while data := sock.recv(RECV_CHUNK):
-            out.write(decoder.feed(data))
+            decoded = decoder.feed(data)
+            out.write(decoded)
+            if digest is not None:
+                digest.update(decoded)
     decoder.finish()
     return decoder.decoded_bytes
 
 
-def _ceiling_server(listener: socket.socket, op: str, source: str, folder: str, connections: int) -> None:
+def _ceiling_server(listener: socket.socket, op: str, source: str, folder: str, connections: int,
+                    verify: bool) -> None:
     """Serve ``connections`` connections, each in a forked process, then exit."""
     children = []
     for index in range(connections):
@@ -75,7 +85,7 @@ def _ceiling_server(listener: socket.socket, op: str, source: str, folder: str, 
                 if op == "download":
                     _ceiling_send_file(conn, source)
                 else:
-                    _ceiling_receive_file(conn, os.path.join(folder, f"ceiling-up-{index}.bin"))
+                    _ceiling_receive_file(conn, os.path.join(folder, f"ceiling-up-{index}.bin"), verify)
                     conn.sendall(b"k")
             finally:
                 os._exit(0)
@@ -85,10 +95,10 @@ def _ceiling_server(listener: socket.socket, op: str, source: str, folder: str, 
         os.waitpid(pid, 0)
 
 
-def _ceiling_client(port: int, op: str, source: str, folder: str, index: int) -> int:
+def _ceiling_client(port: int, op: str, source: str, folder: str, index: int, verify: bool) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
         if op == "download":
-            return _ceiling_receive_file(sock, os.path.join(folder, f"ceiling-down-{index}.bin"))
+            return _ceiling_receive_file(sock, os.path.join(folder, f"ceiling-down-{index}.bin"), verify)
         with open(source, "rb") as f:
             while raw := f.read(RAW_CHUNK):
                 sock.sendall(encode_chunk(raw))
@@ -136,10 +146,11 @@ def _client_process(run: Callable[..., int], args: tuple, barrier, results) -> N
         results.put((0.0, 0.0, 0, 0, f"{type(exc).__name__}: {exc}", 0.0))
 
 
-def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder: str, clients: int) -> dict:
+def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder: str, clients: int,
+                *extra: object) -> dict:
     """Start ``clients`` client processes together; return payload MB/s over the wall time."""
     barrier, results = MP.Barrier(clients), MP.Queue()
-    procs = [MP.Process(target=_client_process, args=(run, (port, op, source, folder, i), barrier, results))
+    procs = [MP.Process(target=_client_process, args=(run, (port, op, source, folder, i, *extra), barrier, results))
              for i in range(clients)]
     for p in procs:
         p.start()
@@ -158,14 +169,14 @@ def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder
             "client_cpu_ns_per_byte": sum(o[5] for o in outcomes) / moved * 1e9}
 
 
-def run_ceiling(op: str, source: str, folder: str, clients: int) -> dict:
+def run_ceiling(op: str, source: str, folder: str, clients: int, verify: bool = False) -> dict:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = MP.Process(target=_ceiling_server, args=(listener, op, source, folder, clients))
+    server = MP.Process(target=_ceiling_server, args=(listener, op, source, folder, clients, verify))
     server.start()
     listener.close()
     try:
-        return run_clients(_ceiling_client, port, op, source, folder, clients)
+        return run_clients(_ceiling_client, port, op, source, folder, clients, verify)
     finally:
         server.join(60)
         if server.is_alive():
@@ -206,7 +217,7 @@ def make_file(path: str, size: int) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every case (default: %(default)s)")
     parser.add_argument("--size-mb", type=int, default=100, help="file size for the main cases (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=4, help="'several clients' (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=5, help="server pool size (default: %(default)s)")
@@ -231,9 +242,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             cases = [(op, n) for op in ("download", "upload") for n in (1, args.clients)]
             for round_no in range(args.rounds):
                 for op, clients in cases:
-                    for impl in ("ceiling", "thread", "process"):
-                        if impl == "ceiling":
-                            r = run_ceiling(op, main_file, scratch, clients)
+                    for impl in IMPLEMENTATIONS:
+                        if impl in ("ceiling", "verified"):
+                            r = run_ceiling(op, main_file, scratch, clients, verify=impl == "verified")
                         else:
                             r = run_clients(_our_client, servers[impl].port, op, main_file, scratch, clients)
                         results.setdefault((op, clients, impl), []).append(r)
@@ -268,20 +279,30 @@ def measure_scaling(servers: dict, served: str, scratch: str, keep: set[str], si
     return out
 
 
+def median_ratio(results: dict, case: tuple, impl: str, base: str) -> float:
+    """Median over rounds of impl / base, each ratio from runs made one right after the other,
+    so drift of the machine between rounds cancels out."""
+    return statistics.median(r["mbps"] / b["mbps"] for r, b in zip(results[(*case, impl)], results[(*case, base)]))
+
+
 def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict) -> None:
     print(f"\nPayload MB/s (10^6 B/s of file content), {args.size_mb} MiB files, median of {args.rounds} rounds, "
-          f"server pools of {args.workers}; several = {args.clients} client processes")
-    header = f"{'case':<22} {'ceiling':>8} {'thread':>8} {'process':>8} {'thr/ceil':>9} {'proc/ceil':>9} " \
-             f"{'client RSS MiB':>15}"
+          f"server pools of {args.workers}; several = {args.clients} client processes.")
+    print("ceiling: the minimal pipeline; +sha256: the same, its receiving side also hashing what it decoded "
+          "(the check our client and server make).  Ratios: median of each round's ratio.")
+    header = f"{'case':<20} {'ceiling':>8} {'+sha256':>8} {'thread':>8} {'process':>8} {'thr/ceil':>9} " \
+             f"{'proc/ceil':>9} {'thr/+sha':>9} {'proc/+sha':>9} {'client RSS MiB':>15}"
     print(header)
     print("-" * len(header))
-    for (op, clients) in [(op, n) for op in ("download", "upload") for n in (1, args.clients)]:
-        med = {impl: statistics.median(r["mbps"] for r in results[(op, clients, impl)])
-               for impl in ("ceiling", "thread", "process")}
-        rss = max(r["client_rss"] for impl in ("thread", "process") for r in results[(op, clients, impl)])
+    for case in [(op, n) for op in ("download", "upload") for n in (1, args.clients)]:
+        med = {impl: statistics.median(r["mbps"] for r in results[(*case, impl)]) for impl in IMPLEMENTATIONS}
+        ratios = [median_ratio(results, case, impl, base)
+                  for base in ("ceiling", "verified") for impl in ("thread", "process")]
+        rss = max(r["client_rss"] for impl in ("thread", "process") for r in results[(*case, impl)])
+        op, clients = case
         label = f"{op}, {clients} client{'s' if clients > 1 else ''}"
-        print(f"{label:<22} {med['ceiling']:8.1f} {med['thread']:8.1f} {med['process']:8.1f} "
-              f"{med['thread'] / med['ceiling']:9.2f} {med['process'] / med['ceiling']:9.2f} {rss / MIB:15.1f}")
+        print(f"{label:<20} " + " ".join(f"{med[impl]:8.1f}" for impl in IMPLEMENTATIONS) + " "
+              + " ".join(f"{ratio:9.2f}" for ratio in ratios) + f" {rss / MIB:15.1f}")
     print("\nPeak RSS of the servers (VmHWM, largest of the server and its workers):")
     for model, server in servers.items():
         print(f"  {model:<8} {peak_rss(server.pid) / MIB:6.1f} MiB")
