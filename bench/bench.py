@@ -223,13 +223,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=5, help="server pool size (default: %(default)s)")
     parser.add_argument("--skip-crowd", action="store_true",
                         help="skip the memory check with 50 clients in one process (about a minute)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds: 1 round, 4 MiB files, scaling over 1/2/4 MiB and 1/2/5 clients, "
+                             "no crowd check; shows that the bench works, its numbers mean little")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.size_mb, args.skip_crowd = 1, 4, True
+        sizes, crowds = [1, 2, 4], (1, 2, 5)
+    else:
+        sizes, crowds = sorted({10, 50, args.size_mb}), (1, 5, 50)
 
     with tempfile.TemporaryDirectory(prefix="fileserver-bench-") as tmp:
         served, scratch = os.path.join(tmp, "served"), os.path.join(tmp, "scratch")
         os.makedirs(served)
         os.makedirs(scratch)
-        sizes = sorted({10, 50, args.size_mb})
         for size in sizes:
             make_file(os.path.join(served, f"file-{size}.bin"), size * MIB)
             known_sha256(os.path.join(served, f"file-{size}.bin"))   # before the clients fork
@@ -251,7 +258,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         _clean(scratch, set())
                         _clean(served, keep)
                 print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-            scaling = measure_scaling(servers, served, scratch, keep, sizes)
+            scaling = measure_scaling(servers, served, scratch, keep, sizes, crowds)
             report(args, results, scaling, servers)
             if not args.skip_crowd:
                 report_crowd(args.size_mb)
@@ -261,8 +268,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def measure_scaling(servers: dict, served: str, scratch: str, keep: set[str], sizes: list[int]) -> dict:
-    """Seconds for one download of each size, and for 1/5/50 clients downloading 10 MB."""
+def measure_scaling(servers: dict, served: str, scratch: str, keep: set[str], sizes: list[int],
+                    crowds: tuple[int, ...]) -> dict:
+    """Seconds for one transfer of each size, and for ``crowds`` clients moving the smallest size each."""
     out: dict[tuple, float] = {}
     for model, server in servers.items():
         for op in ("download", "upload"):
@@ -271,8 +279,9 @@ def measure_scaling(servers: dict, served: str, scratch: str, keep: set[str], si
                 out[(model, op, "size", size)] = r["seconds"]
                 _clean(scratch, set())
                 _clean(served, keep)
-            for clients in (1, 5, 50):
-                r = run_clients(_our_client, server.port, op, os.path.join(served, "file-10.bin"), scratch, clients)
+            for clients in crowds:
+                r = run_clients(_our_client, server.port, op, os.path.join(served, f"file-{sizes[0]}.bin"),
+                                scratch, clients)
                 out[(model, op, "clients", clients)] = r["seconds"]
                 _clean(scratch, set())
                 _clean(served, keep)
@@ -313,10 +322,12 @@ def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict
             for size in sorted({k[3] for k in scaling if k[:3] == (model, op, "size")}):
                 seconds = scaling[(model, op, "size", size)]
                 print(f"  {model:<8} {op:<8} {size:>7} MB {seconds:8.3f} {seconds / size * 1000:10.2f}")
-    print(f"\n  {'server':<8} {'op':<8} {'clients':>10} {'seconds':>8} {'ms per client':>14}   (10 MB each)")
+    crowds = sorted({k[3] for k in scaling if k[2] == "clients"})
+    each = min(k[3] for k in scaling if k[2] == "size")
+    print(f"\n  {'server':<8} {'op':<8} {'clients':>10} {'seconds':>8} {'ms per client':>14}   ({each} MB each)")
     for model in servers:
         for op in ("download", "upload"):
-            for clients in (1, 5, 50):
+            for clients in crowds:
                 seconds = scaling[(model, op, "clients", clients)]
                 print(f"  {model:<8} {op:<8} {clients:>10} {seconds:8.3f} {seconds / clients * 1000:14.1f}")
 
