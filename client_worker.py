@@ -339,6 +339,8 @@ class FileClient:
         except ClientError:
             self.close()
             raise
+        finally:
+            self._received.release()     # an idle client holds no large buffer
 
     def _receive_into(self, sock: socket.socket, parser: ReplyParser, sink: _ContentSink | None, fields: dict,
                       data: bytes | bytearray, chunk: int) -> dict:

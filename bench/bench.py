@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from client_worker import FileClient  # noqa: E402
 from fileshare.processes import ServerProcess, child_pids, script_path, vm_hwm  # noqa: E402
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
-from fileshare.streaming import RECV_CHUNK  # noqa: E402
+from fileshare.streaming import RECV_CHUNK, ReceiveBuffer  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1e6
@@ -63,8 +63,9 @@ def _ceiling_receive_file(sock: socket.socket, path: str, verify: bool) -> int:
     (the check our client and server make of every transfer, compared with nothing)."""
     decoder = StrictBase64Decoder()
     digest = hashlib.sha256() if verify else None
+    received = ReceiveBuffer()      # the same receive path as ours: no allocation per receive
     with open(path, "wb") as out:
-        while data := sock.recv(RECV_CHUNK):
+        while data := received.receive(sock, decoder.aligned(RECV_CHUNK)):
             decoded = decoder.feed(data)
             out.write(decoded)
             if digest is not None:

@@ -164,6 +164,7 @@ class Connection:
     def _serve_next_chunk(self) -> bool:
         """Receive one chunk and act on what it completes; False ends the connection."""
         if self.parser.idle and self.upload is None:
+            self.received.release()
             self._wait_for_request()
         with receive_size() as size:      # a large receive only while few transfers share the process
             if isinstance(self.upload, _Upload):

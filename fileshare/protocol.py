@@ -122,7 +122,8 @@ class StrictBase64Decoder:
         A reader that receives this many (when that many have arrived) hands
         :meth:`feed` whole 4-character groups, which it decodes without copying.
         """
-        return size - (size + len(self._carry)) % 4
+        aligned = size - (size + len(self._carry)) % 4
+        return aligned if aligned > 0 else size
 
     def finish(self) -> None:
         """Check that the text ended cleanly; raise :class:`ProtocolError` if not."""

@@ -51,15 +51,22 @@ class ReceiveBuffer:
         """Receive at most ``size`` (up to RECV_CHUNK) bytes; empty at end of stream."""
         buffer = self._buffer
         try:
+            # Any resize fails while a view of the last piece is still held somewhere (an
+            # exception's traceback, say); that piece must then not be overwritten either.
+            buffer.append(0)
             if len(buffer) > size:
                 del buffer[size:]
-            elif len(buffer) < size:
+            else:
                 buffer += _ZEROS[:size - len(buffer)]
         except BufferError:
-            # Something still holds a view of the last piece: leave that one alone.
             self._buffer = buffer = bytearray(_ZEROS[:size])
         del buffer[sock.recv_into(buffer):]
         return buffer
+
+    def release(self) -> None:
+        """Give the memory back while the connection waits (idle keep-alive connections
+        must not each hold a large buffer)."""
+        self._buffer = bytearray()
 
 
 def iter_encoded(source: BinaryIO, chunk: int = RAW_CHUNK) -> Iterator[bytes]:

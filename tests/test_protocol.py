@@ -339,12 +339,20 @@ class StrictBase64DecoderTests(unittest.TestCase):
                 decoder = StrictBase64Decoder()
                 out = bytearray(decoder.feed(text[:first]))
                 size = decoder.aligned(101)
-                self.assertIn(size, range(98, 102))
+                self.assertEqual(size, 101 - (101 + first % 4) % 4)
                 out += decoder.feed(text[first:first + size])
                 self.assertEqual(decoder.aligned(101), 100, "a group is still held back")
                 out += decoder.feed(text[first + size:])
                 decoder.finish()
                 self.assertEqual(bytes(out), raw)
+
+    def test_aligned_never_asks_for_nothing(self):
+        for carry in range(4):
+            decoder = StrictBase64Decoder()
+            decoder.feed(b"QUJD"[:carry])
+            for size in range(1, 9):
+                with self.subTest(carry=carry, size=size):
+                    self.assertIn(decoder.aligned(size), range(1, size + 1))
 
     def test_empty_feed_is_harmless(self):
         decoder = StrictBase64Decoder()

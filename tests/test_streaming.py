@@ -72,6 +72,33 @@ class ReceiveBufferTests(unittest.TestCase):
         self.assertEqual(bytes(held), b"b" * 50)
         held.release()
 
+    def test_a_piece_still_viewed_is_not_overwritten_by_a_same_size_receive(self):
+        self.sender.sendall(b"a" * 64)
+        buffer = ReceiveBuffer()
+        self.assertEqual(self.receive_exactly(buffer, 64, 64), b"a" * 64)
+        self.sender.sendall(b"b" * 64)
+        held = memoryview(self.receive_exactly_one(buffer, 64))   # kept, e.g. by a traceback
+        self.sender.sendall(b"c" * 64)
+        again = self.receive_exactly(buffer, 64, 64)
+        self.assertEqual(again, b"c" * 64)
+        self.assertEqual(bytes(held), b"b" * len(held))
+        held.release()
+
+    def receive_exactly_one(self, buffer: ReceiveBuffer, size: int) -> bytearray:
+        piece = buffer.receive(self.receiver, size)
+        self.assertTrue(piece)
+        return piece
+
+    def test_release_gives_the_memory_back_and_receiving_goes_on(self):
+        self.sender.sendall(b"x" * RECV_CHUNK)
+        buffer = ReceiveBuffer()
+        first = buffer.receive(self.receiver, RECV_CHUNK)
+        self.assertGreater(len(first), 0)
+        buffer.release()
+        self.assertEqual(len(buffer._buffer), 0)
+        rest = self.receive_exactly(buffer, RECV_CHUNK - len(first), RECV_CHUNK)
+        self.assertEqual(len(first) + len(rest), RECV_CHUNK)
+
     def test_end_of_stream_is_empty(self):
         self.sender.sendall(b"last")
         self.sender.shutdown(socket.SHUT_WR)
