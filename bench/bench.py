@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: our two servers and our client against this machine's ceiling.
 
-    python bench/bench.py              # about three minutes on 2 cores
+    python bench/bench.py              # about 2.5 minutes on 2 cores
     python bench/bench.py --skip-crowd # without the 50-client memory check
 
 The ceiling is a minimal streaming pipeline written here (file -> base64 ->
