@@ -69,6 +69,16 @@ def write_big_file(path: Path, size_mib: int, seed: bytes | None = None) -> str:
     return digest.hexdigest()
 
 
+def start_slow_get(address: tuple[str, int], name: str) -> socket.socket:
+    """Connect with a small receive buffer and ask for ``name``; the caller reads (or not) and closes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.settimeout(10)
+    sock.connect(address)
+    sock.sendall(build("GET", name))
+    return sock
+
+
 def stream_get(address: tuple[str, int], name: str, timeout: float = 60.0,
                rcvbuf: int | None = None) -> dict:
     """GET ``name`` and verify it on the fly: never holds the reply whole.
@@ -545,12 +555,8 @@ class ServerTestsMixin:
         self.put("keep", OLD)
         write_big_file(self.root / "big", 16)
         server = self.start_server(workers=1, extra_args=["--timeout", "1"])
-        stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stuck = start_slow_get(server.address, "big")
         self.addCleanup(stuck.close)
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-        stuck.settimeout(10)
-        stuck.connect(server.address)
-        stuck.sendall(build("GET", "big"))
         self.assertTrue(stuck.recv(1))                  # the reply has started
         started = time.monotonic()
         self.assert_serving(server)                      # waits for the single worker
@@ -593,11 +599,7 @@ class ServerTestsMixin:
         server = self.start_server()
         with server.connect() as watcher:
             before = self.stats(watcher)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-            sock.settimeout(10)
-            sock.connect(server.address)
-            sock.sendall(build("GET", "big"))
+            sock = start_slow_get(server.address, "big")
             received = 0
             while received < 100_000:
                 chunk = sock.recv(65536)
@@ -737,12 +739,8 @@ class ServerTestsMixin:
         children = self.worker_snapshot(server)
         if self.KIND == "process":
             self.assertEqual(len(children), 3, "expected one child per worker")
-        reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reader = start_slow_get(server.address, "down")
         self.addCleanup(reader.close)
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-        reader.settimeout(10)
-        reader.connect(server.address)
-        reader.sendall(build("GET", "down"))
         self.assertTrue(reader.recv(1000))              # the download is under way, never finished
         uploader = SlowUploader(server.address, "big", total=8 * MiB, pause=0.05)
         uploader.start()
