@@ -16,6 +16,7 @@ import queue
 import signal
 import socket
 import threading
+from typing import Callable
 
 from fileshare.connection import ServerContext, serve_connection
 from fileshare.handoff import HandoffServer, claim, close_inherited_sockets
@@ -47,6 +48,28 @@ def _exit_on_sigterm_from_parent() -> None:
             os._exit(1)
 
 
+def start_pool(workers: int, initializer: Callable[..., None],
+               initargs: tuple) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of ``workers`` forked processes, all started before this returns.
+
+    They are forked with SIGTERM and SIGINT blocked: until ``initializer`` has set up
+    their own handling, a stop signal waits instead of running the handler inherited
+    from this process, which would swallow it. (A SIGTERM from a breaking pool lost
+    that way leaves the pool's shutdown waiting for that worker for ever.)
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("fork"),
+            initializer=initializer, initargs=initargs)
+        # With fork, the pool forks all its workers on the first submit: do it now,
+        # while the caller waits, not later from whatever thread submits first.
+        executor.submit(os.getpid).result()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return executor
+
+
 def _serve_handed_off(token: bytes) -> None:
     conn = claim(_handoff_path, token)
     if conn is not None:
@@ -67,13 +90,7 @@ class ProcessDispatcher:
         threading.Thread(target=self._resubmit_unclaimed, name="resubmit", daemon=True).start()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        executor = concurrent.futures.ProcessPoolExecutor(
-            self._workers, mp_context=multiprocessing.get_context("fork"),
-            initializer=_init_worker, initargs=(self._ctx, self._handoff.path))
-        # With fork, the pool forks all its workers on the first submit: do it now,
-        # at start-up, while this is the only thread, so no child inherits a held lock.
-        executor.submit(os.getpid).result()
-        return executor
+        return start_pool(self._workers, _init_worker, (self._ctx, self._handoff.path))
 
     def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
         return self._submit(self._handoff.offer(conn), retried=False)

@@ -968,7 +968,7 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
                     self.assert_serving(server)
                 except (OSError, ConnectionError) as exc:
                     self.fail(f"request failed after a worker died: {exc!r}; "
-                              f"server exit code {server.proc.poll()}")
+                              f"server exit code {server.proc.poll()}; stderr:\n{server.stderr_text()}")
         self.assertEqual(len(server.children()), 2, "the pool did not get its workers back")
 
 
@@ -996,6 +996,38 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
         self.assertEqual((self.root / "up").read_bytes(), OLD, "a cut upload changed the file")
         self.assertTrue(wait_until(lambda: not temp_files(self.root), 3),
                         f"temporary files left while the server runs: {temp_files(self.root)}")
+
+
+_signals_blocked_at_birth: set[int] = set()
+
+
+def _record_blocked_signals() -> None:
+    global _signals_blocked_at_birth
+    _signals_blocked_at_birth = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+def _blocked_signals_recorded() -> set[int]:
+    return _signals_blocked_at_birth
+
+
+class ProcessPoolStartTests(unittest.TestCase):
+    def test_workers_are_forked_with_stop_signals_held(self) -> None:
+        """Until a worker's initializer has run, SIGTERM and SIGINT must wait for it.
+
+        Delivered earlier they would run the handler inherited from the server, which only
+        sets a flag: the SIGTERM a breaking pool sends its workers was lost that way, and
+        the pool's shutdown then waited for ever for a worker that never left.
+        """
+        from file_server_multiprocesspool import start_pool
+        caller_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        pool = start_pool(1, _record_blocked_signals, ())
+        try:
+            blocked = pool.submit(_blocked_signals_recorded).result(10)
+        finally:
+            pool.shutdown()
+        self.assertLessEqual({signal.SIGTERM, signal.SIGINT}, blocked)
+        self.assertEqual(signal.pthread_sigmask(signal.SIG_BLOCK, []), caller_mask,
+                         "the caller's own signal mask was not restored")
 
 
 class CommandLineTests(unittest.TestCase):
