@@ -26,7 +26,7 @@ _worker_ctx: ServerContext | None = None
 _handoff_path = ""
 
 
-def _init_worker(ctx: ServerContext, handoff_path: str) -> None:
+def _init_worker(ctx: ServerContext, handoff_path: str, server_pid: int) -> None:
     global _worker_ctx, _handoff_path
     _worker_ctx, _handoff_path = ctx, handoff_path
     # The parent turns SIGTERM and Ctrl-C into a graceful stop. Sent to the whole process
@@ -34,18 +34,23 @@ def _init_worker(ctx: ServerContext, handoff_path: str) -> None:
     # request short; only a SIGTERM from the parent (the pool tearing itself down) ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_sigterm_from_parent, name="sigterm", daemon=True).start()
+    threading.Thread(target=exit_with_server, args=(server_pid,), name="sigterm", daemon=True).start()
     signal.set_wakeup_fd(-1)      # the parent's wake-up socket is not ours to write to
     close_inherited_sockets()
 
 
-def _exit_on_sigterm_from_parent() -> None:
-    """End this worker on a SIGTERM from its parent, or once the parent is gone (killed)."""
-    parent = os.getppid()
-    while True:
+def exit_with_server(server_pid: int) -> None:
+    """End this worker on a SIGTERM from its server, or once the server is gone (killed).
+
+    The server's PID is passed in rather than read here with getppid(): a server
+    killed while this worker was still starting would otherwise be mistaken for
+    whichever process adopted the worker, and the worker would outlive it.
+    """
+    while os.getppid() == server_pid:
         info = signal.sigtimedwait({signal.SIGTERM}, 1.0)
-        if os.getppid() != parent or (info is not None and info.si_pid == parent):
-            os._exit(1)
+        if info is not None and info.si_pid == server_pid:
+            break
+    os._exit(1)
 
 
 def start_pool(workers: int, initializer: Callable[..., None],
@@ -90,7 +95,7 @@ class ProcessDispatcher:
         threading.Thread(target=self._resubmit_unclaimed, name="resubmit", daemon=True).start()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return start_pool(self._workers, _init_worker, (self._ctx, self._handoff.path))
+        return start_pool(self._workers, _init_worker, (self._ctx, self._handoff.path, os.getpid()))
 
     def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
         return self._submit(self._handoff.offer(conn), retried=False)
@@ -111,6 +116,11 @@ class ProcessDispatcher:
 
     def _replace_pool(self) -> None:
         logging.getLogger("fileserver").error("a worker process died; starting a new pool")
+        # The pool is doomed. Python stops its workers itself only if it noticed the death
+        # first; if we did, its shutdown would wait for every idle worker to take a stop
+        # request off its queue, for ever if the dead one held that queue's lock.
+        for worker in multiprocessing.active_children():    # the old pool's, all of them
+            worker.terminate()
         self._executor.shutdown(wait=True, cancel_futures=True)
         remove_temp_files(self._ctx.root, self._ctx.temp_tag)   # its workers' unfinished uploads
         self._executor = self._new_pool()

@@ -84,6 +84,24 @@ class RequestCounters:
         return {"succeeded": succeeded, "failed": failed, "connections": connections}
 
 
+class StopFlag:
+    """Set once, when the server stops; read by every worker thread and process.
+
+    A bare shared byte, without the lock a multiprocessing.Event takes on every
+    read: a worker killed while reading (a breaking pool stops all its workers)
+    would leave that lock held, and every other worker would hang on its next read.
+    """
+
+    def __init__(self, mp_context: Any = None) -> None:
+        self._flag = (mp_context or multiprocessing.get_context()).RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+
 @dataclass
 class ServerContext:
     """Everything a worker needs; picklable into a worker process at its start."""
@@ -92,7 +110,7 @@ class ServerContext:
     max_upload_bytes: int
     temp_tag: str              # marks this server's temporary upload files
     counters: RequestCounters
-    stopping: Any              # a multiprocessing Event: set when the server stops
+    stopping: StopFlag
 
 
 class ConnectionClosed(Exception):

@@ -23,7 +23,7 @@ from typing import Callable, Protocol, Sequence
 
 from . import protocol
 from .cli import port_number, positive_float, positive_int
-from .connection import RequestCounters, ServerContext
+from .connection import RequestCounters, ServerContext, StopFlag
 
 log = logging.getLogger("fileserver")
 
@@ -149,7 +149,7 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     mp = multiprocessing.get_context("fork")
     ctx = ServerContext(root=root, timeout=args.timeout,
                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                        temp_tag=str(os.getpid()), counters=RequestCounters(mp), stopping=mp.Event())
+                        temp_tag=str(os.getpid()), counters=RequestCounters(mp), stopping=StopFlag(mp))
     try:
         listener = socket.create_server((args.host, args.port), backlog=1024)
     except OSError as exc:

@@ -7,7 +7,7 @@
 * :class:`Client` / :func:`exchange`: raw-socket helpers that send bytes and
   read one reply up to ``\\r\\n\\r\\n`` with a linear receive loop.
 * :func:`child_pids`, :func:`process_group_pids`, :func:`vm_hwm`,
-  :func:`process_alive`: small /proc readers (Linux).
+  :func:`process_alive`, :func:`reaped`: small /proc readers (Linux).
 """
 
 from __future__ import annotations
@@ -270,6 +270,11 @@ def process_alive(pid: int, started: int | None = None) -> bool:
     if fields is None or fields[0] in ("Z", "X"):
         return False
     return started is None or int(fields[19]) == started
+
+
+def reaped(pid: int) -> bool:
+    """True once ``pid``'s parent has collected it: unlike a zombie, it is gone from /proc."""
+    return not os.path.exists(f"/proc/{pid}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import multiprocessing
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import unittest
 from pathlib import Path
 
 from tests.support import (REPO, SCRIPTS, TERMINATOR, Client, ConnectionClosedEarly, RunningServer, build,
-                           decode_reply, exchange, process_alive, process_group_pids, send_command,
+                           decode_reply, exchange, process_alive, process_group_pids, reaped, send_command,
                            start_time, vm_hwm, wait_until)
 
 from fileshare.protocol import (ContentData, ContentEnd, ReplyField, ReplyParser,
@@ -956,7 +957,11 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
         server = self.start_server(workers=2)
         victim = server.children()[0]
         os.kill(victim, signal.SIGKILL)
-        self.assertTrue(wait_until(lambda: not process_alive(victim), 5))
+        # Only the server reaps its worker, so once it is gone from /proc the server knows.
+        # A zombie is not enough: a killed process with threads shows as one before its
+        # last thread has exited, and until then the server cannot tell it is dying; a
+        # request it hands out in that window is cut with the rest of the broken pool.
+        self.assertTrue(wait_until(lambda: reaped(victim), 5))
         for attempt in range(3):
             with self.subTest(attempt=attempt):
                 try:
@@ -1010,7 +1015,58 @@ def _blocked_signals_recorded() -> set[int]:
     return _signals_blocked_at_birth
 
 
+def sigterm_pending(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
+
+
 class ProcessPoolStartTests(unittest.TestCase):
+    def test_a_worker_whose_server_is_gone_exits(self) -> None:
+        """A worker started just before its server was killed must not live on, adopted.
+
+        It is told its server's PID; here that server has already exited, as if killed
+        while the worker was still starting.
+        """
+        from file_server_multiprocesspool import exit_with_server
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait(10)
+        worker = multiprocessing.get_context("fork").Process(target=exit_with_server, args=(gone.pid,))
+        worker.start()
+        worker.join(5)
+        if worker.exitcode is None:
+            worker.kill()
+            worker.join(5)
+            self.fail("the worker kept running after its server was gone")
+        self.assertEqual(worker.exitcode, 1)
+
+    def test_a_worker_ends_on_a_sigterm_from_its_server_only(self) -> None:
+        """SIGTERM from the server (its pool stopping) ends a worker; one from elsewhere does not."""
+        from file_server_multiprocesspool import exit_with_server
+        ctx = multiprocessing.get_context("fork")
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            worker = ctx.Process(target=exit_with_server, args=(os.getpid(),))
+            worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        try:
+            outsider = subprocess.run(["kill", "-TERM", str(worker.pid)], timeout=10)
+            self.assertEqual(outsider.returncode, 0)
+            worker.join(1.5)       # past the watcher's 1 s wait, so a wrong exit would show
+            self.assertIsNone(worker.exitcode, "a SIGTERM from another process ended the worker")
+            # Still pending, the outsider's SIGTERM would absorb ours (signals of a kind do not queue).
+            self.assertTrue(wait_until(lambda: not sigterm_pending(worker.pid), 5))
+            self.assertIsNone(worker.exitcode, "a SIGTERM from another process ended the worker")
+            worker.terminate()     # SIGTERM from the server, i.e. us
+            worker.join(5)
+            self.assertEqual(worker.exitcode, 1)
+        finally:
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join(5)
+
     def test_workers_are_forked_with_stop_signals_held(self) -> None:
         """Until a worker's initializer has run, SIGTERM and SIGINT must wait for it.
 
