@@ -22,6 +22,12 @@ from fileshare.connection import ServerContext, serve_connection
 from fileshare.handoff import HandoffServer, claim, close_inherited_sockets
 from fileshare.server import main_for, remove_temp_files
 
+log = logging.getLogger("fileserver")
+
+POOL_START_SECONDS = 30.0     # a pool whose workers are not all up by then is given up
+POOL_STARTS = 3               # pools tried in a row, while their workers keep dying, for one connection
+OFFERS_PER_CONNECTION = 3     # pools a connection nobody collected is offered to before it is closed
+
 _worker_ctx: ServerContext | None = None
 _handoff_path = ""
 
@@ -61,15 +67,22 @@ def start_pool(workers: int, initializer: Callable[..., None],
     their own handling, a stop signal waits instead of running the handler inherited
     from this process, which would swallow it. (A SIGTERM from a breaking pool lost
     that way leaves the pool's shutdown waiting for that worker for ever.)
+    Raises BrokenProcessPool if a worker dies while starting, TimeoutError if they
+    are not all up within POOL_START_SECONDS.
     """
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         executor = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("fork"),
             initializer=initializer, initargs=initargs)
-        # With fork, the pool forks all its workers on the first submit: do it now,
-        # while the caller waits, not later from whatever thread submits first.
-        executor.submit(os.getpid).result()
+        try:
+            # With fork, the pool forks all its workers on the first submit: do it now,
+            # while the caller waits, not later from whatever thread submits first. Bounded:
+            # the caller may hold a lock a stopping server needs.
+            executor.submit(os.getpid).result(timeout=POOL_START_SECONDS)
+        except BaseException:      # a worker died or hung while starting: the pool is no good
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
     return executor
@@ -87,72 +100,114 @@ class ProcessDispatcher:
     def start(self, ctx: ServerContext, workers: int) -> None:
         self._ctx, self._workers = ctx, workers
         self._handoff = HandoffServer()
-        self._executor = self._new_pool()
-        self._handoff.start()
-        self._lock = threading.Lock()           # one pool replacement at a time
+        self._lock = threading.Lock()           # guards the pool: one replacement at a time
         self._closing = False
-        self._unclaimed: "queue.Queue[bytes]" = queue.Queue()
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = self._new_pool()
+        self._handoff.start()
+        self._unclaimed: "queue.Queue[tuple[bytes, concurrent.futures.Future, int]]" = queue.Queue()
         threading.Thread(target=self._resubmit_unclaimed, name="resubmit", daemon=True).start()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return start_pool(self._workers, _init_worker, (self._ctx, self._handoff.path, os.getpid()))
 
     def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
-        return self._submit(self._handoff.offer(conn), retried=False)
+        # The server waits on this future, not on a pool's: a connection moved to a new
+        # pool after a worker died is still in flight, and a graceful stop must wait for it.
+        settled: concurrent.futures.Future = concurrent.futures.Future()
+        settled.set_running_or_notify_cancel()
+        self._submit(self._handoff.offer(conn), settled, offers=1)
+        return settled
 
-    def _submit(self, token: bytes, retried: bool) -> concurrent.futures.Future:
+    def _submit(self, token: bytes, settled: concurrent.futures.Future, offers: int) -> None:
         with self._lock:
+            if self._closing:                   # past the grace period: nobody will serve it
+                self._release(token, settled)
+                return
+            try:
+                future = self._submit_to_live_pool(token)
+            except (concurrent.futures.process.BrokenProcessPool, TimeoutError) as exc:
+                log.error("connection dropped: %s", exc)
+                self._release(token, settled)
+                return
+        future.add_done_callback(lambda done: self._settle(done, token, settled, offers))
+
+    def _submit_to_live_pool(self, token: bytes) -> concurrent.futures.Future:
+        """Submit to a pool whose workers are all alive, replacing it first if need be.
+
+        Called with the lock held.
+        """
+        for _ in range(POOL_STARTS):
             # A dead worker (killed, out of memory) dooms the pool: Python will stop all its
             # workers. Replace it before a connection is handed to a worker about to be stopped.
-            if len(multiprocessing.active_children()) < self._workers:
-                self._replace_pool()
+            if self._executor is not None and len(multiprocessing.active_children()) < self._workers:
+                self._retire_pool()
             try:
-                future = self._executor.submit(_serve_handed_off, token)
-            except concurrent.futures.process.BrokenProcessPool:
-                self._replace_pool()
-                future = self._executor.submit(_serve_handed_off, token)
-        future.add_done_callback(lambda done: self._settle(done, token, retried))
-        return future
+                if self._executor is None:
+                    self._executor = self._new_pool()
+                return self._executor.submit(_serve_handed_off, token)
+            except (concurrent.futures.process.BrokenProcessPool, TimeoutError):
+                self._retire_pool()         # it broke before we saw a worker die, or while starting
+        raise concurrent.futures.process.BrokenProcessPool(
+            f"{POOL_STARTS} pools in a row failed to start or lost a worker before taking a connection")
 
-    def _replace_pool(self) -> None:
-        logging.getLogger("fileserver").error("a worker process died; starting a new pool")
-        # The pool is doomed. Python stops its workers itself only if it noticed the death
-        # first; if we did, its shutdown would wait for every idle worker to take a stop
-        # request off its queue, for ever if the dead one held that queue's lock.
-        for worker in multiprocessing.active_children():    # the old pool's, all of them
-            worker.terminate()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        remove_temp_files(self._ctx.root, self._ctx.temp_tag)   # its workers' unfinished uploads
-        self._executor = self._new_pool()
+    def _retire_pool(self) -> None:
+        """Stop the current pool's workers, all of them, and remove their unfinished uploads."""
+        log.error("a worker process died; stopping its pool for a new one")
+        # Python stops a broken pool's workers itself only if it noticed the death first; if we
+        # did, its shutdown would wait for every idle worker to take a stop request off its
+        # queue, for ever if the dead one held that queue's lock. SIGKILL, not SIGTERM: a
+        # SIGTERM could merge with one from elsewhere still pending in the worker, and be missed.
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        remove_temp_files(self._ctx.root, self._ctx.temp_tag)
 
-    def _settle(self, future: concurrent.futures.Future, token: bytes, retried: bool) -> None:
-        broken = not future.cancelled() and isinstance(future.exception(), concurrent.futures.process.BrokenProcessPool)
-        if broken and not retried and not self._closing and self._handoff.holds(token):
+    def _settle(self, future: concurrent.futures.Future, token: bytes,
+                settled: concurrent.futures.Future, offers: int) -> None:
+        # Cancelled: queued in a pool we retired. Broken: queued in, or given to, a pool that died.
+        error = None if future.cancelled() else future.exception()
+        lost = future.cancelled() or isinstance(error, concurrent.futures.process.BrokenProcessPool)
+        if lost and offers < OFFERS_PER_CONNECTION and not self._closing and self._handoff.holds(token):
             # No worker collected this connection, so its request is unread: a new pool can serve it.
-            self._unclaimed.put(token)
-        else:
-            self._handoff.withdraw(token)
+            self._unclaimed.put((token, settled, offers + 1))
+            return
+        if error is not None and not lost:
+            log.error("a worker failed to take its connection: %r", error)
+        self._release(token, settled)
+
+    def _release(self, token: bytes, settled: concurrent.futures.Future) -> None:
+        """This connection is done with: served, or to be closed unserved."""
+        self._handoff.withdraw(token)       # closes the socket unless a worker collected it
+        settled.set_result(None)
 
     def _resubmit_unclaimed(self) -> None:
         # Runs on its own thread: the pool's callbacks run on its manager thread, which
         # replacing the pool must wait for.
         while True:
-            self._submit(self._unclaimed.get(), retried=True)
+            self._submit(*self._unclaimed.get())
 
     def force_close(self) -> None:
-        self._closing = True
-        # Every worker goes (a busy one would hold its connection past the grace period);
-        # the pool then fails whatever was queued, and shutdown() collects it.
-        for child in multiprocessing.active_children():
-            child.kill()
+        # Under the lock: once it is ours, no new pool can start. Every worker goes (a busy
+        # one would hold its connection past the grace period); the pool then fails whatever
+        # was queued, and shutdown() collects it.
+        with self._lock:
+            self._closing = True
+            for child in multiprocessing.active_children():
+                child.kill()
         self._handoff.close()
 
     def shutdown(self) -> None:
-        self._closing = True
         with self._lock:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._closing = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
         for child in multiprocessing.active_children():
             child.join(5)
+            if child.is_alive():
+                child.kill()
+                child.join(5)
         self._handoff.close()
 
 

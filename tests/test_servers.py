@@ -22,6 +22,7 @@ import threading
 import time
 import tempfile
 import unittest
+from contextlib import closing, suppress
 from pathlib import Path
 
 from tests.support import (REPO, SCRIPTS, TERMINATOR, Client, ConnectionClosedEarly, RunningServer, build,
@@ -1001,6 +1002,83 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
         self.assertEqual((self.root / "up").read_bytes(), OLD, "a cut upload changed the file")
         self.assertTrue(wait_until(lambda: not temp_files(self.root), 3),
                         f"temporary files left while the server runs: {temp_files(self.root)}")
+
+
+    def test_connections_waiting_for_a_worker_survive_its_death(self) -> None:
+        """Connections no worker has collected yet are moved to a new pool, never dropped,
+        whether the pool or the server notices the death first."""
+        self.put("keep", OLD)
+        server = self.start_server(workers=2)
+        holders = [server.connect() for _ in range(2)]
+        waiting: list[Client] = []
+        try:
+            for holder in holders:               # each now keeps a worker, until it closes
+                self.assert_ok(holder.command("LIST"))
+            for _ in range(4):
+                waiting.append(server.connect())
+                waiting[-1].send(build("GET", "keep"))
+                waiting[-1].sock.shutdown(socket.SHUT_WR)     # one request each: free the worker after
+            os.kill(server.children()[0], signal.SIGKILL)
+            # A new connection right away makes the server look at its workers, maybe before the
+            # pool has noticed: then it retires the pool itself, with the four still queued in it.
+            # This one may be cut (README: the window right after a death); the four may not.
+            with suppress(OSError):
+                with server.connect() as trigger:
+                    trigger.command("LIST", timeout=10)
+            for number, client in enumerate(waiting):
+                reply = self.assert_ok(decode_reply(client.recv_reply(10)), f"waiting connection {number}")
+                self.assertEqual(base64.b64decode(reply["data_file"]), OLD)
+        finally:
+            for client in holders + waiting:
+                client.close()
+        self.assert_serving(server)
+
+    def test_a_worker_dying_while_the_new_pool_starts(self) -> None:
+        """A worker of the replacement pool killed as it starts: the server starts another
+        pool and keeps serving, instead of exiting or dropping every later connection."""
+        self.put("keep", OLD)
+        server = self.start_server(workers=2)
+        first_pool = set(server.children())
+        first_victim = min(first_pool)
+        os.kill(first_victim, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: reaped(first_victim), 5))   # so the next connection sees it
+        opener = threading.Thread(target=_try_list, args=(server,), daemon=True)
+        opener.start()                            # its connection makes the server start a new pool
+        second_victim = None
+        deadline = time.monotonic() + 10
+        while second_victim is None and time.monotonic() < deadline:
+            second_victim = next((pid for pid in server.children() if pid not in first_pool), None)
+        self.assertIsNotNone(second_victim, "no new pool was started")
+        with suppress(ProcessLookupError):
+            os.kill(second_victim, signal.SIGKILL)
+        opener.join(15)
+        self.assertTrue(wait_until(lambda: reaped(second_victim), 5))
+        self.assertIsNone(server.proc.poll(), "the server exited:\n" + server.stderr_text()[-3000:])
+        self.assert_serving(server)
+        self.assertTrue(wait_until(lambda: len(server.children()) == 2, 5), "the pool did not get its workers back")
+
+    def test_a_worker_dying_during_a_graceful_stop(self) -> None:
+        """A request that had arrived before SIGTERM is answered within the grace even when
+        the worker pool dies meanwhile; the server still exits 0 with no child left."""
+        self.put("small.txt", b"small")
+        write_big_file(self.root / "big", 16)
+        server = self.start_server(workers=1, extra_args=["--grace", "10"])
+        with closing(start_slow_get(server.address, "big")) as busy, server.connect() as queued:
+            self.assertTrue(busy.recv(1), "the only worker did not start on the big GET")
+            queued.send(build("GET", "small.txt"))         # waits: the only worker is busy
+            server.signal(signal.SIGTERM)
+            self.assertTrue(wait_until(lambda: "stopping (signal" in server.stderr_text(), 5))
+            os.kill(server.children()[0], signal.SIGKILL)
+            reply = self.assert_ok(decode_reply(queued.recv_reply(10)), "a request that had arrived was dropped")
+            self.assertEqual(base64.b64decode(reply["data_file"]), b"small")
+        returncode, _ = self.stop_and_wait(server, 15, signum=None)
+        self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
+        self.assertEqual(process_group_pids(server.pid), [], "processes left in the server's group")
+
+
+def _try_list(server: RunningServer) -> None:
+    with suppress(OSError):
+        send_command(server, "LIST", timeout=10)
 
 
 _signals_blocked_at_birth: set[int] = set()
