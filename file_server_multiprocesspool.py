@@ -27,6 +27,7 @@ log = logging.getLogger("fileserver")
 POOL_START_SECONDS = 30.0     # a pool whose workers are not all up by then is given up
 POOL_STARTS = 3               # pools tried in a row, while their workers keep dying, for one connection
 OFFERS_PER_CONNECTION = 3     # pools a connection nobody collected is offered to before it is closed
+WORKER_EXIT_SECONDS = 5.0     # how long idle workers get to leave at shutdown before they are killed
 
 _worker_ctx: ServerContext | None = None
 _handoff_path = ""
@@ -125,7 +126,7 @@ class ProcessDispatcher:
                 return
             try:
                 future = self._submit_to_live_pool(token)
-            except (concurrent.futures.process.BrokenProcessPool, TimeoutError) as exc:
+            except Exception as exc:
                 log.error("connection dropped: %s", exc)
                 self._release(token, settled)
                 return
@@ -137,22 +138,26 @@ class ProcessDispatcher:
         Called with the lock held.
         """
         for _ in range(POOL_STARTS):
+            if self._closing:               # force_close() does not wait for the lock
+                raise RuntimeError("the server is stopping")
             # A dead worker (killed, out of memory) dooms the pool: Python will stop all its
             # workers. Replace it before a connection is handed to a worker about to be stopped.
             if self._executor is not None and len(multiprocessing.active_children()) < self._workers:
+                log.error("a worker process died; replacing the pool")
                 self._retire_pool()
             try:
                 if self._executor is None:
                     self._executor = self._new_pool()
                 return self._executor.submit(_serve_handed_off, token)
-            except (concurrent.futures.process.BrokenProcessPool, TimeoutError):
-                self._retire_pool()         # it broke before we saw a worker die, or while starting
-        raise concurrent.futures.process.BrokenProcessPool(
-            f"{POOL_STARTS} pools in a row failed to start or lost a worker before taking a connection")
+            except Exception as exc:
+                # Broken before we saw a worker die, a worker lost or hung while starting, or
+                # no fork at all (no memory or process slots, likely right after an OOM kill).
+                log.error("the worker pool failed (%r); replacing it", exc)
+                self._retire_pool()
+        raise RuntimeError(f"{POOL_STARTS} worker pools in a row failed")
 
     def _retire_pool(self) -> None:
         """Stop the current pool's workers, all of them, and remove their unfinished uploads."""
-        log.error("a worker process died; stopping its pool for a new one")
         # Python stops a broken pool's workers itself only if it noticed the death first; if we
         # did, its shutdown would wait for every idle worker to take a stop request off its
         # queue, for ever if the dead one held that queue's lock. SIGKILL, not SIGTERM: a
@@ -186,28 +191,40 @@ class ProcessDispatcher:
         # Runs on its own thread: the pool's callbacks run on its manager thread, which
         # replacing the pool must wait for.
         while True:
-            self._submit(*self._unclaimed.get())
+            try:
+                self._submit(*self._unclaimed.get())
+            except Exception:           # this thread must live on, or later connections would hang
+                log.exception("could not offer a connection to a new pool")
 
     def force_close(self) -> None:
-        # Under the lock: once it is ours, no new pool can start. Every worker goes (a busy
-        # one would hold its connection past the grace period); the pool then fails whatever
-        # was queued, and shutdown() collects it.
-        with self._lock:
-            self._closing = True
-            for child in multiprocessing.active_children():
-                child.kill()
+        # Not under the lock, which a pool being started holds: killing its workers ends that
+        # start at once, and _closing stops the next. Every worker goes (a busy one would hold
+        # its connection past the grace period); the pool then fails whatever was queued.
+        self._closing = True
+        for child in multiprocessing.active_children():
+            child.kill()
         self._handoff.close()
 
     def shutdown(self) -> None:
-        with self._lock:
+        with self._lock:                    # waits for a pool start in progress, if any
             self._closing = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-        for child in multiprocessing.active_children():
+            executor, self._executor = self._executor, None
+        stopping = None
+        if executor is not None:
+            # Bounded: a worker can be stuck for good, on a queue lock a killed worker held while
+            # the pool's SIGTERM to it was lost (merged with one already pending from elsewhere).
+            stopping = threading.Thread(target=executor.shutdown, kwargs={"cancel_futures": True},
+                                        name="pool-shutdown", daemon=True)
+            stopping.start()
+            stopping.join(WORKER_EXIT_SECONDS)
+        left = multiprocessing.active_children()
+        if left:
+            log.warning("%d worker processes did not stop; killing them", len(left))
+        for child in left:
+            child.kill()
             child.join(5)
-            if child.is_alive():
-                child.kill()
-                child.join(5)
+        if stopping is not None:
+            stopping.join(5)                # quick now that its workers are gone
         self._handoff.close()
 
 

@@ -1075,6 +1075,17 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
         self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
         self.assertEqual(process_group_pids(server.pid), [], "processes left in the server's group")
 
+    def test_a_worker_that_never_leaves_does_not_hold_up_the_stop(self) -> None:
+        """A worker stuck for good (here stopped with SIGSTOP; in life, on a queue lock a killed
+        worker held) is killed once the pool has had its time to stop: exit 0, no process left."""
+        server = self.start_server(workers=2)
+        workers = self.worker_snapshot(server)
+        os.kill(workers[0][0], signal.SIGSTOP)
+        returncode, _ = self.stop_and_wait(server, 20)
+        self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
+        self.assertIn("did not stop; killing", server.stderr_text())
+        self.assert_gone(workers, server)
+
 
 def _try_list(server: RunningServer) -> None:
     with suppress(OSError):
