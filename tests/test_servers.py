@@ -1003,7 +1003,6 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
         self.assertTrue(wait_until(lambda: not temp_files(self.root), 3),
                         f"temporary files left while the server runs: {temp_files(self.root)}")
 
-
     def test_connections_waiting_for_a_worker_survive_its_death(self) -> None:
         """Connections no worker has collected yet are moved to a new pool, never dropped,
         whether the pool or the server notices the death first."""
@@ -1073,7 +1072,8 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
             self.assertEqual(base64.b64decode(reply["data_file"]), b"small")
         returncode, _ = self.stop_and_wait(server, 15, signum=None)
         self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
-        self.assertEqual(process_group_pids(server.pid), [], "processes left in the server's group")
+        self.assertTrue(wait_until(lambda: not process_group_pids(server.pid), 5),
+                        f"processes left in the server's group: {process_group_pids(server.pid)}")
 
     def test_a_worker_that_never_leaves_does_not_hold_up_the_stop(self) -> None:
         """A worker stuck for good (here stopped with SIGSTOP; in life, on a queue lock a killed
