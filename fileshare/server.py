@@ -41,7 +41,11 @@ class Dispatcher(Protocol):
         """Create the pool (before any other thread of the server exists)."""
 
     def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
-        """Hand ``conn`` to a worker; the dispatcher owns it from now on."""
+        """Hand ``conn`` to a worker; the dispatcher owns it from now on.
+
+        The future is done once the connection has been served or given up: a graceful
+        stop waits on it, so it must not be done while the connection is still waiting.
+        """
 
     def force_close(self) -> None:
         """The grace period is over: cut every connection still open, drop queued ones."""
