@@ -95,6 +95,18 @@ def _serve_handed_off(token: bytes) -> None:
         serve_connection(conn, _worker_ctx)
 
 
+def _kill_workers() -> list[multiprocessing.process.BaseProcess]:
+    """SIGKILL every worker process of this server, of whichever pool; return them.
+
+    SIGKILL, not SIGTERM: a SIGTERM could merge with one from elsewhere still pending
+    in the worker, and be missed.
+    """
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.kill()
+    return workers
+
+
 class ProcessDispatcher:
     """Each connection goes to a ProcessPoolExecutor; the worker collects the socket by token."""
 
@@ -160,10 +172,8 @@ class ProcessDispatcher:
         """Stop the current pool's workers, all of them, and remove their unfinished uploads."""
         # Python stops a broken pool's workers itself only if it noticed the death first; if we
         # did, its shutdown would wait for every idle worker to take a stop request off its
-        # queue, for ever if the dead one held that queue's lock. SIGKILL, not SIGTERM: a
-        # SIGTERM could merge with one from elsewhere still pending in the worker, and be missed.
-        for worker in multiprocessing.active_children():
-            worker.kill()
+        # queue, for ever if the dead one held that queue's lock.
+        _kill_workers()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
@@ -201,8 +211,7 @@ class ProcessDispatcher:
         # start at once, and _closing stops the next. Every worker goes (a busy one would hold
         # its connection past the grace period); the pool then fails whatever was queued.
         self._closing = True
-        for child in multiprocessing.active_children():
-            child.kill()
+        _kill_workers()
         self._handoff.close()
 
     def shutdown(self) -> None:
@@ -217,11 +226,10 @@ class ProcessDispatcher:
                                         name="pool-shutdown", daemon=True)
             stopping.start()
             stopping.join(WORKER_EXIT_SECONDS)
-        left = multiprocessing.active_children()
+        left = _kill_workers()
         if left:
             log.warning("%d worker processes did not stop; killing them", len(left))
         for child in left:
-            child.kill()
             child.join(5)
         if stopping is not None:
             stopping.join(5)                # quick now that its workers are gone
