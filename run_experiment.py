@@ -34,7 +34,7 @@ from typing import Optional, TextIO
 
 from fileshare.chart import write_chart
 from fileshare.cli import positive_float, positive_int
-from fileshare.processes import ServerProcess, ServerStartError, run_in_group, script_path
+from fileshare.harness import ServerProcess, ServerStartError, run_in_group, script_path
 
 log = logging.getLogger("run_experiment")
 

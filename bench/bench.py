@@ -38,7 +38,7 @@ from typing import Callable, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client_worker import FileClient  # noqa: E402
-from fileshare.processes import ServerProcess, child_pids, script_path, vm_hwm  # noqa: E402
+from fileshare.harness import ServerProcess, child_pids, script_path, vm_hwm  # noqa: E402
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
 from fileshare.streaming import RECV_CHUNK, ReceiveBuffer  # noqa: E402
 

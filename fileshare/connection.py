@@ -8,140 +8,27 @@ context, in shared memory, so the thread and process servers behave alike.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import multiprocessing
 import os
 import select
 import socket
-import stat
-import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from . import protocol
-from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, StrictBase64Decoder,
-                       UploadData, UploadEnd, UploadStart, error_reply, get_reply_prefix, ok_reply)
-from .streaming import HashingWriter, ReceiveBuffer, iter_encoded, publishable_mode, receive_size
+from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, UploadData, UploadEnd,
+                       UploadStart, error_reply, get_reply_prefix, ok_reply)
+from .state import ServerContext
+from .store import FileError, PendingUpload, delete_file, list_names, open_for_get
+from .streaming import ReceiveBuffer, iter_encoded, receive_size
 
 log = logging.getLogger("fileserver")
 
 IDLE_POLL_SECONDS = 0.25   # how often an idle keep-alive connection looks at the stop flag
-LOCK_TIMEOUT_SECONDS = 2.0
-
-
-class RequestCounters:
-    """Exact counts of finished requests, shared by every worker thread and process.
-
-    A request is counted before the last byte of its reply is sent, so a client
-    that has its reply can already see itself in STATS.  STATS is not counted,
-    which lets a caller diff two snapshots and get exactly the requests between.
-    """
-
-    SUCCEEDED, FAILED, CONNECTIONS = range(3)
-
-    def __init__(self, mp_context: Any = None) -> None:
-        ctx = mp_context or multiprocessing.get_context()
-        self._values = ctx.Array("q", 3, lock=True)
-
-    def _change(self, *changes: tuple[int, int]) -> None:
-        with self._locked():
-            for index, amount in changes:
-                self._values[index] += amount
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        # A worker killed inside this tiny critical section would leave the lock held
-        # for good; a count then goes unlocked rather than hanging every process.
-        lock = self._values.get_lock()
-        held = lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
-        if not held:
-            log.error("request counters' lock is stuck (a worker died holding it?); counting without it")
-        try:
-            yield
-        finally:
-            if held:
-                lock.release()
-
-    def succeeded(self) -> None:
-        self._change((self.SUCCEEDED, 1))
-
-    def failed(self) -> None:
-        self._change((self.FAILED, 1))
-
-    def success_became_failure(self) -> None:
-        """A reply already counted as a success could not be delivered in full."""
-        self._change((self.SUCCEEDED, -1), (self.FAILED, 1))
-
-    def connection_opened(self) -> None:
-        self._change((self.CONNECTIONS, 1))
-
-    def snapshot(self) -> dict[str, int]:
-        with self._locked():
-            succeeded, failed, connections = self._values[:]
-        return {"succeeded": succeeded, "failed": failed, "connections": connections}
-
-
-class StopFlag:
-    """Set once, when the server stops; read by every worker thread and process.
-
-    A bare shared byte, without the lock a multiprocessing.Event takes on every
-    read: a worker killed while reading (a breaking pool stops all its workers)
-    would leave that lock held, and every other worker would hang on its next read.
-    """
-
-    def __init__(self, mp_context: Any = None) -> None:
-        self._flag = (mp_context or multiprocessing.get_context()).RawValue("b", 0)
-
-    def set(self) -> None:
-        self._flag.value = 1
-
-    def is_set(self) -> bool:
-        return bool(self._flag.value)
-
-
-@dataclass
-class ServerContext:
-    """Everything a worker needs; picklable into a worker process at its start."""
-    root: str
-    timeout: float
-    max_upload_bytes: int
-    temp_tag: str              # marks this server's temporary upload files
-    counters: RequestCounters
-    stopping: StopFlag
 
 
 class ConnectionClosed(Exception):
     """The peer closed the connection, or it went quiet for too long."""
-
-
-class _Upload:
-    """One upload in progress: a hidden temporary file published only when complete."""
-
-    def __init__(self, ctx: ServerContext, name: str) -> None:
-        self.name = name
-        self.decoder = StrictBase64Decoder()
-        fd, self.temp_path = tempfile.mkstemp(prefix=f"{protocol.TEMP_PREFIX}{ctx.temp_tag}-",
-                                              suffix=protocol.TEMP_SUFFIX, dir=ctx.root)
-        self.file = os.fdopen(fd, "wb")
-        self.writer = HashingWriter(self.file)
-
-    def discard(self) -> None:
-        self.writer.abort()
-        self.file.close()
-        try:
-            os.unlink(self.temp_path)
-        except FileNotFoundError:
-            pass
-
-    def publish(self, final_path: str) -> str:
-        digest = self.writer.close()
-        publishable_mode(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp_path, final_path)
-        return digest
 
 
 class Connection:
@@ -151,7 +38,7 @@ class Connection:
         self.sock = sock
         self.ctx = ctx
         self.parser = RequestParser()
-        self.upload: _Upload | _RejectedUpload | None = None
+        self.upload: PendingUpload | _RejectedUpload | None = None
         self.head_deadline: float | None = None
         self.received = ReceiveBuffer()
         sock.settimeout(ctx.timeout)
@@ -185,7 +72,7 @@ class Connection:
             self.received.release()
             self._wait_for_request()
         with receive_size() as size:      # a large receive only while few transfers share the process
-            if isinstance(self.upload, _Upload):
+            if isinstance(self.upload, PendingUpload):
                 size = self.upload.decoder.aligned(size)
             data = self._receive(size)
             if not data:
@@ -266,7 +153,7 @@ class Connection:
         command, argument = request.command, request.argument
         try:
             if command == "LIST":
-                self._reply_ok(data=self._list())
+                self._reply_ok(data=list_names(self.ctx.root))
             elif command == "GET":
                 self._get(argument)
             elif command == "DELETE":
@@ -285,39 +172,8 @@ class Connection:
 
     # ------------------------------------------------------------------ commands
 
-    def _path(self, name: str) -> str:
-        protocol.validate_name(name)
-        return os.path.join(self.ctx.root, name)
-
-    def _list(self) -> list[str]:
-        names = []
-        with os.scandir(self.ctx.root) as entries:
-            for entry in entries:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                try:
-                    protocol.validate_name(entry.name)
-                except ProtocolError:
-                    continue       # temporary uploads and names nobody could ask for
-                names.append(entry.name)
-        return sorted(names)
-
     def _get(self, name: str) -> None:
-        path = self._path(name)
-        try:
-            # O_NOFOLLOW: a symlink planted in the folder must not lead outside it.
-            # O_NONBLOCK: opening a FIFO must not hang the worker.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            raise FileError.from_os(name, exc) from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise FileError(f"{name!r} is not a regular file")
-            os.set_blocking(fd, True)
-            source = open(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
+        source = open_for_get(self.ctx.root, name)
         with source:
             try:
                 self.sock.sendall(get_reply_prefix(name))
@@ -330,13 +186,7 @@ class Connection:
         self._reply_counted(GET_REPLY_SUFFIX)
 
     def _delete(self, name: str) -> None:
-        path = self._path(name)
-        try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                raise FileError(f"{name!r} is not a regular file")
-            os.unlink(path)
-        except OSError as exc:
-            raise FileError.from_os(name, exc) from None
+        delete_file(self.ctx.root, name)
         self._reply_ok(data=f"{name} deleted")
 
     # ------------------------------------------------------------------ uploads
@@ -344,7 +194,7 @@ class Connection:
     def _upload_start(self, name: str) -> None:
         try:
             protocol.validate_name(name)
-            self.upload = _Upload(self.ctx, name)
+            self.upload = PendingUpload(self.ctx.root, self.ctx.temp_tag, name)
         except ProtocolError as exc:
             self.upload = _RejectedUpload(str(exc))
         except OSError as exc:
@@ -407,7 +257,7 @@ class Connection:
 
     def _discard_upload(self) -> None:
         upload, self.upload = self.upload, None
-        if isinstance(upload, _Upload):
+        if isinstance(upload, PendingUpload):
             upload.discard()
 
     # ------------------------------------------------------------------ replies
@@ -439,20 +289,6 @@ class _RejectedUpload:
     def __init__(self, message: str) -> None:
         self.error = message
         self.drained = 0
-
-
-class FileError(Exception):
-    """A file-system problem to report to the client."""
-
-    @classmethod
-    def from_os(cls, name: str, exc: OSError) -> "FileError":
-        if exc.errno == errno.ENOENT:
-            return cls(f"file {name!r} not found")
-        if exc.errno == errno.ELOOP:
-            return cls(f"{name!r} is a symbolic link; only regular files are served")
-        if exc.errno == errno.EISDIR:
-            return cls(f"{name!r} is a directory")
-        return cls(f"cannot access {name!r}: {exc.strerror or exc}")
 
 
 def serve_connection(sock: socket.socket, ctx: ServerContext) -> None:

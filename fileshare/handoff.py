@@ -12,7 +12,6 @@ task, however often workers are reused.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import secrets
@@ -23,7 +22,7 @@ import struct
 import tempfile
 import threading
 
-from .server import process_alive
+from .store import stale_leftovers
 
 log = logging.getLogger("fileserver.handoff")
 
@@ -33,9 +32,8 @@ FOLDER_PREFIX = "fileserver-handoff-"
 
 def _remove_stale_folders() -> None:
     """Remove the handoff folders of servers that were killed before they could."""
-    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), FOLDER_PREFIX + "*-*")):
-        owner = os.path.basename(path)[len(FOLDER_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and not process_alive(int(owner)) and os.stat(path).st_uid == os.getuid():
+    for path in stale_leftovers(tempfile.gettempdir(), FOLDER_PREFIX):
+        if os.stat(path).st_uid == os.getuid():
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import glob
 import logging
 import multiprocessing
 import os
@@ -21,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from . import protocol
 from .cli import port_number, positive_float, positive_int
-from .connection import RequestCounters, ServerContext, StopFlag
+from .state import RequestCounters, ServerContext, StopFlag
+from .store import remove_temp_files
 
 log = logging.getLogger("fileserver")
 
@@ -79,32 +78,6 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging detail on stderr (default: %(default)s)")
     return parser
-
-
-def remove_temp_files(root: str, tag: str | None = None) -> int:
-    """Remove upload leftovers: this server's (``tag``), or those of servers no longer running."""
-    pattern = os.path.join(glob.escape(root), f"{protocol.TEMP_PREFIX}{tag or '*'}-*{protocol.TEMP_SUFFIX}")
-    removed = 0
-    for path in glob.glob(pattern, include_hidden=True):
-        owner = os.path.basename(path)[len(protocol.TEMP_PREFIX):].split("-", 1)[0]
-        if tag is None and owner.isdigit() and process_alive(int(owner)):
-            continue               # another live server's upload in progress
-        try:
-            os.unlink(path)
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _StopSignal:

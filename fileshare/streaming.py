@@ -182,17 +182,3 @@ class HashingWriter:
             self._thread.join()
             self._thread = None
             _BACKGROUND_SLOTS.release()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def publishable_mode(fd: int) -> None:
-    """Give a temporary file (mkstemp makes it 0600) the mode a new file would have had."""
-    os.fchmod(fd, 0o666 & ~_UMASK)

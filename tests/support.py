@@ -6,8 +6,7 @@
   wait, and as a last resort SIGKILL to the process group it started.
 * :class:`Client` / :func:`exchange`: raw-socket helpers that send bytes and
   read one reply up to ``\\r\\n\\r\\n`` with a linear receive loop.
-* :func:`child_pids`, :func:`process_group_pids`, :func:`vm_hwm`,
-  :func:`process_alive`, :func:`reaped`: small /proc readers (Linux).
+* :func:`wait_until`; the /proc readers come from ``fileshare.harness``.
 """
 
 from __future__ import annotations
@@ -20,14 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fileshare.processes import (SERVER_SCRIPTS as SCRIPTS, ServerProcess, ServerStartError,  # noqa: E402,F401
-                                 child_pids, vm_hwm)
+from fileshare.harness import (SERVER_SCRIPTS as SCRIPTS, ServerProcess, ServerStartError,  # noqa: E402,F401
+                               child_pids, open_descriptors, process_alive, process_group_pids, reaped,
+                               start_time, status_fields, vm_hwm)
 TERMINATOR = b"\r\n\r\n"
 HOST = "127.0.0.1"
 
@@ -228,53 +228,6 @@ def exchange(server_or_address: "RunningServer | tuple[str, int]", data: bytes,
 
 def send_command(server: "RunningServer | tuple[str, int]", *words: str | bytes, timeout: float = 10.0) -> dict:
     return decode_reply(exchange(server, build(*words), timeout))
-
-
-# ---------------------------------------------------------------------- /proc
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
-def _all_pids() -> Iterable[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def process_group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) PIDs in process group ``pgid``."""
-    found = []
-    for candidate in _all_pids():
-        fields = _stat_fields(candidate)
-        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(candidate)
-    return sorted(found)
-
-
-def start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks (tells a PID from a reuse of it)."""
-    fields = _stat_fields(pid)
-    return None if fields is None else int(fields[19])
-
-
-def process_alive(pid: int, started: int | None = None) -> bool:
-    """True while ``pid`` runs (not a zombie) and, if given, has start time ``started``."""
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return started is None or int(fields[19]) == started
-
-
-def reaped(pid: int) -> bool:
-    """True once ``pid``'s parent has collected it: unlike a zombie, it is gone from /proc."""
-    return not os.path.exists(f"/proc/{pid}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import unittest
 
-from fileshare.processes import script_path
+from fileshare.harness import script_path
 
 
 class BenchQuickTests(unittest.TestCase):

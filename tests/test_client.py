@@ -399,16 +399,13 @@ class _ClientAgainstServer(ServerPerClass):
         with open(os.path.join(self.root, "big.bin"), "rb") as f:
             expected = hashlib.file_digest(f, "sha256").hexdigest()
         script = r"""
-import json, resource, sys
+import json, os, resource, sys
 sys.path.insert(0, sys.argv[1])
 from client_worker import FileClient
+from fileshare.harness import vm_hwm
 
 def hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return -1
+    return vm_hwm(os.getpid())
 
 report = {"baseline": hwm()}
 with FileClient("127.0.0.1", int(sys.argv[2]), timeout=60) as client:

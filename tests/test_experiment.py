@@ -16,26 +16,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fileshare.processes import descendants  # noqa: E402
+from fileshare.harness import cmdline, descendants, process_alive as alive  # noqa: E402
 from run_experiment import CSV_COLUMNS  # noqa: E402
 
 SCRIPT = str(REPO / "run_experiment.py")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def read_csv(path: Path) -> list[list[str]]:

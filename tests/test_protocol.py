@@ -13,11 +13,13 @@ import unittest
 
 from fileshare import protocol
 from fileshare.protocol import (
-    CONTENT_KEYS, GET_REPLY_SUFFIX, MAX_NAME_BYTES, MAX_REQUEST_BYTES, RAW_CHUNK, TERMINATOR,
-    ContentData, ContentEnd, ContentStart, ProtocolError, ReplyEnd, ReplyField, ReplyParser,
-    Request, RequestParser, StrictBase64Decoder, UploadData, UploadEnd, UploadStart,
+    GET_REPLY_SUFFIX, MAX_NAME_BYTES, MAX_REQUEST_BYTES, RAW_CHUNK, TERMINATOR,
+    ProtocolError, Request, RequestParser, StrictBase64Decoder, UploadData, UploadEnd, UploadStart,
     build_reply, build_request, encode_chunk, encoded_size, error_reply, get_reply_prefix,
-    is_temp_name, ok_reply, parse_reply, upload_prefix, validate_name,
+    is_temp_name, ok_reply, upload_prefix, validate_name,
+)
+from fileshare.replies import (
+    CONTENT_KEYS, ContentData, ContentEnd, ContentStart, ReplyEnd, ReplyField, ReplyParser, parse_reply,
 )
 
 

@@ -26,11 +26,11 @@ from contextlib import closing, suppress
 from pathlib import Path
 
 from tests.support import (REPO, SCRIPTS, TERMINATOR, Client, ConnectionClosedEarly, RunningServer, build,
-                           decode_reply, exchange, process_alive, process_group_pids, reaped, send_command,
-                           start_time, vm_hwm, wait_until)
+                           decode_reply, exchange, open_descriptors, process_alive, process_group_pids, reaped,
+                           send_command, start_time, status_fields, vm_hwm, wait_until)
 
-from fileshare.protocol import (ContentData, ContentEnd, ReplyField, ReplyParser,
-                                StrictBase64Decoder, encode_chunk)
+from fileshare.protocol import StrictBase64Decoder, encode_chunk
+from fileshare.replies import ContentData, ContentEnd, ReplyField, ReplyParser
 
 MiB = 1024 * 1024
 OLD = b"old content that must survive\n"
@@ -432,14 +432,14 @@ class ServerTestsMixin:
         server = self.start_server(workers=1)
         self.assert_serving(server)                  # the worker has served a connection once
         serving_pid = server.children()[0] if self.KIND == "process" else server.pid
-        before = len(os.listdir(f"/proc/{serving_pid}/fd"))
+        before = open_descriptors(serving_pid)
         for name in ("sub", "fifo", "missing", "sub", "fifo") * 4:
             try:
                 exchange(server, build("GET", name))
             except ConnectionClosedEarly:
                 pass                                 # reported by test_bad_requests_...
         self.assert_serving(server)
-        after = len(os.listdir(f"/proc/{serving_pid}/fd"))
+        after = open_descriptors(serving_pid)
         self.assertLessEqual(after, before + 2, f"open descriptors grew from {before} to {after}")
 
     def test_invalid_base64_leaves_old_file_untouched(self) -> None:
@@ -1105,8 +1105,7 @@ def _blocked_signals_recorded() -> set[int]:
 
 
 def sigterm_pending(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as status:
-        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    fields = status_fields(pid)
     pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
     return bool(pending & (1 << (signal.SIGTERM - 1)))
 
@@ -1118,7 +1117,7 @@ class ProcessPoolStartTests(unittest.TestCase):
         It is told its server's PID; here that server has already exited, as if killed
         while the worker was still starting.
         """
-        from file_server_multiprocesspool import exit_with_server
+        from fileshare.process_pool import exit_with_server
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait(10)
         worker = multiprocessing.get_context("fork").Process(target=exit_with_server, args=(gone.pid,))
@@ -1132,7 +1131,7 @@ class ProcessPoolStartTests(unittest.TestCase):
 
     def test_a_worker_ends_on_a_sigterm_from_its_server_only(self) -> None:
         """SIGTERM from the server (its pool stopping) ends a worker; one from elsewhere does not."""
-        from file_server_multiprocesspool import exit_with_server
+        from fileshare.process_pool import exit_with_server
         ctx = multiprocessing.get_context("fork")
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
@@ -1163,7 +1162,7 @@ class ProcessPoolStartTests(unittest.TestCase):
         sets a flag: the SIGTERM a breaking pool sends its workers was lost that way, and
         the pool's shutdown then waited for ever for a worker that never left.
         """
-        from file_server_multiprocesspool import start_pool
+        from fileshare.process_pool import start_pool
         caller_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         pool = start_pool(1, _record_blocked_signals, ())
         try:

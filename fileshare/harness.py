@@ -1,7 +1,9 @@
-"""Starting and stopping the toolkit's own processes without leaving orphans.
+"""The harness of the sweep, the tests and the bench: our own processes, started and watched.
 
 Every child is started in a session (process group) of its own, so that it and
-whatever it forks can be stopped together by group id, never by name.
+whatever it forks can be stopped together by group id, never by name.  The
+readers of /proc (Linux) that tell what those processes are doing live here too,
+and only here.
 """
 
 from __future__ import annotations
@@ -155,12 +157,23 @@ def script_path(name: str) -> Path:
 
 # ---------------------------------------------------------------------- /proc readers (Linux)
 
-def _parent_of(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
         return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _parent_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def child_pids(pid: int) -> list[int]:
@@ -179,14 +192,58 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def process_group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) PIDs in process group ``pgid``."""
+    found = []
+    for candidate in _all_pids():
+        fields = _stat_fields(candidate)
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(candidate)
+    return sorted(found)
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks (tells a PID from a reuse of it)."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """True while ``pid`` runs (not a zombie) and, if given, has start time ``started``."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def reaped(pid: int) -> bool:
+    """True once ``pid``'s parent has collected it: unlike a zombie, it is gone from /proc."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a mapping of field name to its text."""
+    with open(f"/proc/{pid}/status") as f:
+        return {name: value.strip() for name, _, value in (line.partition(":") for line in f) if value}
+
+
 def vm_hwm(pid: int) -> int:
     """Peak resident set size of ``pid`` in bytes (VmHWM in /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise LookupError(f"no VmHWM for pid {pid}")
+    try:
+        return int(status_fields(pid)["VmHWM"].split()[0]) * 1024
+    except KeyError:
+        raise LookupError(f"no VmHWM for pid {pid}") from None
 
 
-def _all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces ('' once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def open_descriptors(pid: int) -> int:
+    """How many file descriptors ``pid`` has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))

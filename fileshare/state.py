@@ -1,0 +1,100 @@
+"""The state a server shares with every worker thread and process.
+
+Request counters and the stop flag live in shared memory (made from the fork
+context before any worker starts), so a thread pool and a process pool count
+and stop alike; :class:`ServerContext` bundles them with the server's settings
+and is what a worker receives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+log = logging.getLogger("fileserver")
+
+LOCK_TIMEOUT_SECONDS = 2.0
+
+
+class RequestCounters:
+    """Exact counts of finished requests, shared by every worker thread and process.
+
+    A request is counted before the last byte of its reply is sent, so a client
+    that has its reply can already see itself in STATS.  STATS is not counted,
+    which lets a caller diff two snapshots and get exactly the requests between.
+    """
+
+    SUCCEEDED, FAILED, CONNECTIONS = range(3)
+
+    def __init__(self, mp_context: Any = None) -> None:
+        ctx = mp_context or multiprocessing.get_context()
+        self._values = ctx.Array("q", 3, lock=True)
+
+    def _change(self, *changes: tuple[int, int]) -> None:
+        with self._locked():
+            for index, amount in changes:
+                self._values[index] += amount
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A worker killed inside this tiny critical section would leave the lock held
+        # for good; a count then goes unlocked rather than hanging every process.
+        lock = self._values.get_lock()
+        held = lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+        if not held:
+            log.error("request counters' lock is stuck (a worker died holding it?); counting without it")
+        try:
+            yield
+        finally:
+            if held:
+                lock.release()
+
+    def succeeded(self) -> None:
+        self._change((self.SUCCEEDED, 1))
+
+    def failed(self) -> None:
+        self._change((self.FAILED, 1))
+
+    def success_became_failure(self) -> None:
+        """A reply already counted as a success could not be delivered in full."""
+        self._change((self.SUCCEEDED, -1), (self.FAILED, 1))
+
+    def connection_opened(self) -> None:
+        self._change((self.CONNECTIONS, 1))
+
+    def snapshot(self) -> dict[str, int]:
+        with self._locked():
+            succeeded, failed, connections = self._values[:]
+        return {"succeeded": succeeded, "failed": failed, "connections": connections}
+
+
+class StopFlag:
+    """Set once, when the server stops; read by every worker thread and process.
+
+    A bare shared byte, without the lock a multiprocessing.Event takes on every
+    read: a worker killed while reading (a breaking pool stops all its workers)
+    would leave that lock held, and every other worker would hang on its next read.
+    """
+
+    def __init__(self, mp_context: Any = None) -> None:
+        self._flag = (mp_context or multiprocessing.get_context()).RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+
+@dataclass
+class ServerContext:
+    """Everything a worker needs; picklable into a worker process at its start."""
+    root: str
+    timeout: float
+    max_upload_bytes: int
+    temp_tag: str              # marks this server's temporary upload files
+    counters: RequestCounters
+    stopping: StopFlag
