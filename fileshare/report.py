@@ -240,7 +240,9 @@ def findings(run: Run) -> list[str]:
                       if len({k[position] for k, _ in pairs}) > 1]
             if spread:
                 found.append(f"{op.capitalize()}, median {b}/{a} " + "; ".join(spread) + ".")
-            key, ratio = max(pairs, key=lambda p: abs(p[1] - 1) if p[1] >= 1 else abs(1 / p[1] - 1))
+            key, ratio = max(pairs, key=lambda p: max(p[1], 1 / p[1]))
+            if max(ratio, 1 / ratio) <= 1 + NOISE:
+                continue
             va, vb = aggregate_mbps(cells[key]), aggregate_mbps(cells[(b, *key[1:])])
             found.append(f"{op.capitalize()}, largest difference: {volume(key[3])}, "
                          f"{_plural_value(key[4], 'client')}, server pool of {key[1]}: {b} {vb:.0f} MB/s, "
