@@ -2,15 +2,17 @@
 """The main job: sweep both servers through stress_test.py and write results.csv.
 
     python run_experiment.py            # the full 108-cell sweep (under 10 minutes on 2 cores)
-    python run_experiment.py --quick    # a tiny sweep, for a first try
+    python run_experiment.py --quick    # a tiny sweep, for a first try (writes results-quick.*)
+    python run_experiment.py --report results.jsonl            # results.md from a finished run
+    python run_experiment.py --compare a.jsonl b.jsonl         # two or more runs side by side
     python run_experiment.py --help     # every knob
 
 For each server configuration (model x server workers) a fresh server is
 started on a free port, the cells run one after another through
 ``stress_test.py``, and the server is stopped with SIGTERM.  Each CSV row is
 written and flushed as soon as its cell ends; the full stress-test results and
-the run's environment go to a JSON Lines file beside the CSV; a summary table
-and an SVG chart come at the end.
+the run's environment go to a JSON Lines file beside the CSV; a summary table,
+an SVG chart and a Markdown report (fileshare/report.py) come at the end.
 """
 
 from __future__ import annotations
@@ -32,21 +34,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
-from fileshare.chart import write_chart
 from fileshare.cli import positive_float, positive_int
 from fileshare.harness import ServerProcess, ServerStartError, run_in_group, script_path
+from fileshare.report import (CSV_COLUMNS, ReportError, aggregate_table, compare_summary, compare_table, csv_key,
+                              csv_row, key_texts, load_run, run_labels, write_compare, write_report)
 
 log = logging.getLogger("run_experiment")
 
-CSV_COLUMNS = [
-    "Nomor", "Model concurrency", "Operasi", "Volume", "Jumlah client worker pool", "Jumlah server worker pool",
-    "Waktu total per client", "Throughput per client", "Jumlah client sukses", "Jumlah client gagal",
-    "Jumlah server sukses", "Jumlah server gagal",
-]
 DEFAULTS = {"models": ["thread", "process"], "server_workers": [1, 5, 50], "ops": ["download", "upload"],
             "sizes": [10, 50, 100], "client_workers": [1, 5, 50]}
 QUICK = {"models": ["thread", "process"], "server_workers": [2], "ops": ["download", "upload"],
          "sizes": [1], "client_workers": [1, 3]}
+DEFAULT_OUTPUT = "results.csv"
+# Where a sweep smaller than the full default writes, so a first try never overwrites the committed results.
+NARROWED_OUTPUT = "results-quick.csv"
+OLDEST_PYTHON = (3, 11)
+# Asked of the interpreter that runs the servers and stress tests; written so that even an old Python
+# answers (a version to refuse) instead of failing on syntax.
+PROBE = ("import json, platform, sys, sysconfig; print(json.dumps({"
+         "'version_info': list(sys.version_info[:3]), 'python': platform.python_version(), "
+         "'implementation': platform.python_implementation(), 'executable': sys.executable, "
+         "'free_threaded': bool(sysconfig.get_config_var('Py_GIL_DISABLED')), "
+         "'gil_enabled': sys._is_gil_enabled() if hasattr(sys, '_is_gil_enabled') else True}))")
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,12 @@ class Cell:
     size_mb: float
     clients: int
 
-    @property
-    def volume(self) -> str:
-        return f"{self.size_mb:g} MB"
-
-    def key(self) -> tuple:
-        return (self.model, self.op, self.volume, str(self.clients), str(self.server_workers))
+    def key(self) -> tuple[str, ...]:
+        """The cell as the CSV's identifying columns show it, to match rows for --resume."""
+        return key_texts(vars(self))
 
     def label(self) -> str:
-        return (f"{self.model} server x{self.server_workers}, {self.op} {self.volume}, "
+        return (f"{self.model} server x{self.server_workers}, {self.op} {self.size_mb:g} MB, "
                 f"{self.clients} client{'s' if self.clients != 1 else ''}")
 
 
@@ -78,12 +84,12 @@ def plan(models: list[str], server_workers: list[int], ops: list[str], sizes: li
 
 # ---------------------------------------------------------------------- one cell
 
-def run_cell(cell: Cell, server: ServerProcess, pool: str, timeout: float) -> dict:
-    """Run stress_test.py once for ``cell``; a stress test that hangs or crashes is a failed cell."""
+def run_cell(cell: Cell, server: ServerProcess, pool: str, timeout: float, python: str = sys.executable) -> dict:
+    """Run stress_test.py once for ``cell`` with ``python``; a stress test that hangs or crashes is a failed cell."""
     env = dict(os.environ, STRESS_OP=cell.op, FILE_SIZE_MB=f"{cell.size_mb:g}", CLIENT_POOL=str(cell.clients),
                CLIENT_POOL_TYPE=pool, SERVER_HOST=server.host, SERVER_PORT=str(server.port))
     started = time.monotonic()
-    code, out, err = run_in_group([sys.executable, str(script_path("stress_test.py"))], timeout, env)
+    code, out, err = run_in_group([python, str(script_path("stress_test.py"))], timeout, env)
     elapsed = time.monotonic() - started
     if code == 0:
         try:
@@ -116,22 +122,30 @@ def representative(samples: list[dict]) -> dict:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def csv_row(number: int, cell: Cell, result: dict) -> list:
-    def num(value: Optional[float], digits: int) -> str:
-        return "" if value is None else f"{value:.{digits}f}"
-
-    def count(value: Optional[int]) -> str:
-        return "" if value is None else str(value)
-
-    return [number, cell.model, cell.op, cell.volume, cell.clients, cell.server_workers,
-            num(result.get("total_time_s"), 4), num(result.get("throughput_Bps"), 0),
-            result["succeed"], result["failed"], count(result.get("server_succeeded")),
-            count(result.get("server_failed"))]
-
-
 # ---------------------------------------------------------------------- output
 
-def environment() -> dict:
+def probe_python(python: str) -> dict:
+    """Ask ``python`` what it is; raise ValueError with a sentence for a person if it cannot serve."""
+    try:
+        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ValueError(f"cannot run {python}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        facts = json.loads(done.stdout.strip().splitlines()[-1])
+        version = tuple(facts.pop("version_info"))
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        said = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["nothing"])[-1]
+        raise ValueError(f"{python} is not a Python interpreter (asked for its version, it said: {said[:120]})") \
+            from None
+    if version < OLDEST_PYTHON:
+        raise ValueError(f"{python} is Python {'.'.join(map(str, version))}; the servers need "
+                         f"{'.'.join(map(str, OLDEST_PYTHON))} or newer")
+    return facts
+
+
+def environment(interpreter: dict) -> dict:
+    """The run's setting; ``interpreter`` (from probe_python) is the one that runs servers and stress tests."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=script_path("."), capture_output=True,
                                 text=True, timeout=10).stdout.strip() or None
@@ -139,11 +153,26 @@ def environment() -> dict:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    return {"type": "environment", "python": platform.python_version(),
-            "implementation": platform.python_implementation(), "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "machine": platform.machine(),
-            "memory_bytes": _memory_bytes(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    return {"type": "environment", **interpreter, "runner_python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+            "memory_bytes": _memory_bytes(), "start": _now(), "end": None, "duration_s": None,
             "commit": commit, "dirty": dirty, "argv": sys.argv[1:]}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _finish_environment(jsonl: Path, written: str, duration: float, completed: bool) -> None:
+    """Fill in the end of the sweep on its environment line (the one this session wrote)."""
+    lines = jsonl.read_text(encoding="utf-8").split("\n")
+    if written not in lines:
+        return
+    record = dict(json.loads(written), end=_now(), duration_s=round(duration, 3), completed=completed)
+    lines[lines.index(written)] = json.dumps(record)
+    partial = jsonl.with_name(jsonl.name + ".part")
+    partial.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(partial, jsonl)       # all or nothing: the file is never left half rewritten
 
 
 def _memory_bytes() -> Optional[int]:
@@ -169,7 +198,7 @@ def read_done(path: Path, client_pool: str) -> tuple[set, int]:
             if len(row) != len(CSV_COLUMNS) or not row[0].isdigit():
                 raise SystemExit(f"run_experiment: {path} line {line} is not a row this tool wrote; "
                                  "fix or remove it, or choose another --output")
-            done.add((row[1], row[2], row[3], row[4], row[5]))
+            done.add(csv_key(row))
             last = max(last, int(row[0]))
     pools = _client_pools(path.with_suffix(".jsonl"))
     if done and pools != {client_pool}:
@@ -195,42 +224,6 @@ def _client_pools(jsonl: Path) -> set[str]:
     return pools
 
 
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _rate(value: str) -> Optional[float]:
-    return float(value) / 1e6 if value else None
-
-
-def summary_table(rows: list[dict]) -> str:
-    """Thread vs process servers, side by side: MB/s per client and failed clients."""
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for row in rows:
-        key = (row["Operasi"], row["Volume"], int(row["Jumlah client worker pool"]),
-               int(row["Jumlah server worker pool"]))
-        by_key.setdefault(key, {})[row["Model concurrency"]] = row
-    header = f"{'operation':<9} {'size':>7} {'clients':>7} {'srv wk':>6} | {'thread MB/s':>11} {'process MB/s':>12} " \
-             f"{'proc/thr':>8} | {'failed thr/proc':>15}"
-    lines = ["Throughput per client (MB/s = 10^6 B/s) and failed clients, thread vs process server", header,
-             "-" * len(header)]
-    for key in sorted(by_key, key=lambda k: (k[0], float(k[1].split()[0]), k[2], k[3])):
-        pair = by_key[key]
-        thread, process = pair.get("thread"), pair.get("process")
-        t_rate = _rate(thread["Throughput per client"]) if thread else None
-        p_rate = _rate(process["Throughput per client"]) if process else None
-        ratio = f"{p_rate / t_rate:8.2f}" if t_rate and p_rate else f"{'-':>8}"
-        failed = "/".join(r["Jumlah client gagal"] if r else "-" for r in (thread, process))
-        lines.append(f"{key[0]:<9} {key[1]:>7} {key[2]:>7} {key[3]:>6} | "
-                     f"{_fmt(t_rate):>11} {_fmt(p_rate):>12} {ratio} | {failed:>15}")
-    return "\n".join(lines)
-
-
-def _fmt(rate: Optional[float]) -> str:
-    return "-" if rate is None else f"{rate:.1f}"
-
-
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
@@ -239,14 +232,14 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------------- the sweep
 
 class Sweep:
-    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str) -> None:
-        self.args, self.cells, self.root = args, cells, root
+    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str, interpreter: dict) -> None:
+        self.args, self.cells, self.root, self.interpreter = args, cells, root, interpreter
         self.output = Path(args.output)
         self.jsonl = self.output.with_suffix(".jsonl")
         self.server: ServerProcess | None = None
 
     def run(self) -> int:
-        env = environment()     # before the output files are opened: they would make the tree look dirty
+        env = environment(self.interpreter)   # before the output files are opened: they would make the tree look dirty
         done, number = (read_done(self.output, self.args.client_pool_type)
                         if self.args.resume and self.output.exists() else (set(), 0))
         todo = [c for c in self.cells if c.key() not in done]
@@ -261,8 +254,14 @@ class Sweep:
             if not append:
                 writer.writerow(CSV_COLUMNS)
                 csv_file.flush()
-            _write_json(jsonl_file, env)
-            self._sweep(todo, number, writer, csv_file, jsonl_file)
+            written = _write_json(jsonl_file, env)
+            started, completed = time.monotonic(), False
+            try:
+                self._sweep(todo, number, writer, csv_file, jsonl_file)
+                completed = True
+            finally:
+                jsonl_file.close()
+                _finish_environment(self.jsonl, written, time.monotonic() - started, completed)
         return 0
 
     def _sweep(self, todo: list[Cell], number: int, writer: "csv._writer", csv_file: TextIO,
@@ -276,13 +275,13 @@ class Sweep:
                 samples = [self._run_one(cell) for _ in range(self.args.repeat)]
                 result = representative(samples)
                 number += 1
-                writer.writerow(csv_row(number, cell, result))
+                record = {"type": "cell", "row": number, "model": cell.model,
+                          "server_workers": cell.server_workers, "op": cell.op, "size_mb": cell.size_mb,
+                          "clients": cell.clients, "client_pool": self.args.client_pool_type, "result": result,
+                          "samples": samples}
+                writer.writerow(csv_row(record))
                 csv_file.flush()
-                _write_json(jsonl_file, {"type": "cell", "row": number, "model": cell.model,
-                                         "server_workers": cell.server_workers, "op": cell.op,
-                                         "size_mb": cell.size_mb, "clients": cell.clients,
-                                         "client_pool": self.args.client_pool_type, "result": result,
-                                         "samples": samples})
+                _write_json(jsonl_file, record)
                 spent_weight += weights[index]
                 elapsed = time.monotonic() - started
                 eta = elapsed / spent_weight * (sum(weights) - spent_weight)
@@ -298,7 +297,7 @@ class Sweep:
         assert self.server is not None
         if not self.server.alive():
             return failed_result(cell, self.args.client_pool_type, "the server was not running")
-        result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout)
+        result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout, self.args.python)
         if not self.server.alive():
             log.warning("the %s server died during %s (status %s); a fresh one takes the next cells",
                         cell.model, cell.label(), self.server.proc.returncode if self.server.proc else None)
@@ -312,7 +311,8 @@ class Sweep:
             return
         self._stop_server()
         # Known before it starts, so that Ctrl-C while it starts still stops it.
-        self.server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"])
+        self.server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"],
+                                    python=self.args.python)
         try:
             self.server.start()
         except ServerStartError as exc:
@@ -326,9 +326,11 @@ class Sweep:
             self.server = None
 
 
-def _write_json(f: TextIO, record: dict) -> None:
-    f.write(json.dumps(record) + "\n")
+def _write_json(f: TextIO, record: dict) -> str:
+    line = json.dumps(record)
+    f.write(line + "\n")
     f.flush()
+    return line
 
 
 # ---------------------------------------------------------------------- command line
@@ -352,9 +354,11 @@ def _list_of(kind: type, allowed: Optional[set] = None):
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Sweep the thread-pool and process-pool file servers with stress_test.py and write results.csv.",
+        description="Sweep the thread-pool and process-pool file servers with stress_test.py and write results.csv; "
+                    "or report on, or compare, finished runs.",
         epilog="Default: the full original sweep of 108 cells (2 models x 3 server pools x 2 operations x "
-               "3 sizes x 3 client pools). Lists are comma-separated, e.g. --sizes 10,50.")
+               "3 sizes x 3 client pools) into results.csv. A narrower sweep (--quick or any list) writes "
+               f"{NARROWED_OUTPUT} unless --output says otherwise. Lists are comma-separated, e.g. --sizes 10,50.")
     p.add_argument("--models", type=_list_of(str, {"thread", "process"}), help="server models (default: thread,process)")
     p.add_argument("--server-workers", type=_list_of(int), help="server pool sizes (default: 1,5,50)")
     p.add_argument("--client-workers", type=_list_of(int), help="concurrent clients (default: 1,5,50)")
@@ -362,8 +366,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=_list_of(float), help="file sizes in MB (default: 10,50,100)")
     p.add_argument("--client-pool-type", choices=["thread", "process"], default="thread",
                    help="how stress_test runs its clients (default: %(default)s)")
-    p.add_argument("--output", default="results.csv", help="CSV to write; the JSON Lines and SVG go beside it "
-                                                           "(default: %(default)s)")
+    p.add_argument("--output", help=f"CSV to write; the JSON Lines, SVG and Markdown go beside it (default: "
+                                    f"{DEFAULT_OUTPUT} for the full sweep, {NARROWED_OUTPUT} for any other; with "
+                                    "--compare: the Markdown to write, default compare.md)")
     p.add_argument("--timeout", type=positive_float, default=300.0,
                    help="seconds one stress test may take before it is killed and its clients count as "
                         "failed (default: %(default)s)")
@@ -373,21 +378,76 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip the cells already in --output, append the rest")
     p.add_argument("--quick", action="store_true", help="a tiny sweep (1 MB, 1 and 3 clients) for a first try")
     p.add_argument("--root", help="folder the servers serve during the sweep (default: a temporary folder)")
+    p.add_argument("--python", default=sys.executable, metavar="PATH",
+                   help="interpreter (3.11 or newer) that runs the servers and stress tests, e.g. a free-threaded "
+                        "python3.14t (default: the one running this script)")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--report", metavar="JSONL",
+                       help="no sweep: write a Markdown report (and its SVG) of a finished run beside the file")
+    modes.add_argument("--compare", nargs="+", metavar="JSONL",
+                       help="no sweep: two or more finished runs side by side, printed and written as Markdown "
+                            "and SVG (per cell: aggregate MB/s, failed clients, ratio to the first run)")
     return p
+
+
+def output_for(args: argparse.Namespace, lists: dict[str, list]) -> str:
+    """The CSV to write: what --output says, else results.csv only for the full default sweep."""
+    if args.output:
+        return args.output
+    full = all(set(lists[name]) == set(values) for name, values in DEFAULTS.items())
+    return DEFAULT_OUTPUT if full else NARROWED_OUTPUT
+
+
+def report(jsonl: Path) -> int:
+    run = load_run(jsonl)
+    markdown, chart = jsonl.with_suffix(".md"), jsonl.with_suffix(".svg")
+    write_report(run, markdown, chart)
+    print(aggregate_table(run).text())
+    print(f"\nreport in {markdown}, chart in {chart}")
+    return 0
+
+
+def compare(paths: list[str], output: Optional[str]) -> int:
+    if len(paths) < 2:
+        raise ReportError("--compare needs two or more .jsonl files")
+    runs = [load_run(Path(path)) for path in paths]
+    labels = run_labels(runs)
+    markdown = Path(output or "compare.md").with_suffix(".md")
+    chart = markdown.with_suffix(".svg")
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    write_compare(runs, labels, markdown, chart)
+    print(compare_table(runs, labels).text())
+    print("\n" + "\n".join(compare_summary(runs, labels)))
+    print(f"\ncomparison in {markdown}, chart in {chart}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    try:
+        if args.report:
+            return report(Path(args.report))
+        if args.compare:
+            return compare(args.compare, args.output)
+    except ReportError as exc:
+        print(f"run_experiment: {exc}", file=sys.stderr)
+        return 2
+    try:
+        interpreter = probe_python(args.python)
+    except ValueError as exc:
+        print(f"run_experiment: --python: {exc}", file=sys.stderr)
+        return 2
     base = QUICK if args.quick else DEFAULTS
     lists = {name: getattr(args, name) or base[name] for name in DEFAULTS}
+    args.output = output_for(args, lists)
     cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"])
     # SIGTERM ends the sweep like Ctrl-C: servers and stress tests are stopped, finished rows kept.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = args.root or tempfile.mkdtemp(prefix="fileserver-sweep-")
     started = time.monotonic()
     try:
-        Sweep(args, cells, root).run()
+        Sweep(args, cells, root, interpreter).run()
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished rows are in {args.output}; --resume continues", file=sys.stderr)
         return 130
@@ -395,12 +455,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
     output = Path(args.output)
-    rows = read_rows(output)
-    print(summary_table(rows))
-    chart = output.with_suffix(".svg")
-    write_chart(rows, chart)
-    print(f"\n{len(rows)} rows in {output} ({_duration(time.monotonic() - started)}); "
-          f"every run in {output.with_suffix('.jsonl')}; chart in {chart}")
+    run = load_run(output.with_suffix(".jsonl"))
+    write_report(run, output.with_suffix(".md"), output.with_suffix(".svg"))
+    print(aggregate_table(run).text())
+    print(f"\n{len(run.cells)} cells in {output} ({_duration(time.monotonic() - started)}); "
+          f"every run in {output.with_suffix('.jsonl')}; chart in {output.with_suffix('.svg')}, "
+          f"report in {output.with_suffix('.md')}")
     return 0
 
 

@@ -42,11 +42,13 @@ class ServerProcess:
     """One file server running as a child; ``with`` stops it however the block ends."""
 
     def __init__(self, model: str, root: str | os.PathLike, workers: int, host: str = "127.0.0.1",
-                 extra_args: Sequence[str] = (), stderr: Any = None, env: Mapping[str, str] | None = None) -> None:
+                 extra_args: Sequence[str] = (), stderr: Any = None, env: Mapping[str, str] | None = None,
+                 python: str = sys.executable) -> None:
+        """``python`` is the interpreter that runs the server (run_experiment's --python)."""
         if model not in SERVER_SCRIPTS:
             raise ValueError(f"unknown server model {model!r}; choose from {sorted(SERVER_SCRIPTS)}")
         self.model, self.workers = model, workers
-        self.command = [sys.executable, str(SERVER_SCRIPTS[model]), "--host", host, "--port", "0",
+        self.command = [python, str(SERVER_SCRIPTS[model]), "--host", host, "--port", "0",
                         "--workers", str(workers), "--root", os.fspath(root), *extra_args]
         self.stderr, self.env = stderr, env
         self.proc: subprocess.Popen | None = None

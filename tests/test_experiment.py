@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import unittest
@@ -17,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fileshare.harness import cmdline, descendants, process_alive as alive  # noqa: E402
-from run_experiment import CSV_COLUMNS  # noqa: E402
+from run_experiment import CSV_COLUMNS, NARROWED_OUTPUT  # noqa: E402
 
 SCRIPT = str(REPO / "run_experiment.py")
 
@@ -36,6 +39,11 @@ class ExperimentTest(unittest.TestCase):
     def run_sweep(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, SCRIPT, "--output", str(self.output), *args],
                               capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp))
+
+    def run_tool(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """run_experiment.py with exactly ``args`` (no --output), in the test's folder."""
+        return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
+                              cwd=str(self.tmp))
 
     def start_sweep(self, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, SCRIPT, "--output", str(self.output), *args],
@@ -141,6 +149,61 @@ class ExperimentTest(unittest.TestCase):
         self.assertEqual(len(rows), 9)
         self.assertEqual(rows[-1][8:12], ["3", "0", "3", "0"], "the replacement server did not serve")
         self.assertIn("server", err)
+
+    def test_quick_and_narrowed_sweeps_leave_the_committed_results_alone(self) -> None:
+        committed = {}
+        for name in ("results.csv", "results.jsonl", "results.svg", "results.md"):
+            (self.tmp / name).write_text(f"the real run's {name}\n")
+            committed[name] = (self.tmp / name).read_text()
+        quick = self.run_tool("--quick")
+        self.assertEqual(quick.returncode, 0, quick.stderr)
+        self.assertEqual(len(read_csv(self.tmp / NARROWED_OUTPUT)) - 1, 8)
+        narrowed = self.run_tool("--models", "thread", "--server-workers", "1", "--ops", "download",
+                                 "--sizes", "0.25", "--client-workers", "1")
+        self.assertEqual(narrowed.returncode, 0, narrowed.stderr)
+        self.assertEqual(len(read_csv(self.tmp / NARROWED_OUTPUT)) - 1, 1)
+        for suffix in (".jsonl", ".svg", ".md"):
+            self.assertTrue((self.tmp / NARROWED_OUTPUT).with_suffix(suffix).exists(), suffix)
+        self.assertEqual({name: (self.tmp / name).read_text() for name in committed}, committed)
+
+    def test_python_runs_servers_and_stress_tests_and_is_recorded(self) -> None:
+        calls = self.tmp / "calls.log"
+        wrapper = self.tmp / "python-wrapper"
+        wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{sys.executable}" "$@"\n')
+        wrapper.chmod(0o755)
+        done = self.run_sweep("--models", "thread,process", "--server-workers", "1", "--ops", "upload",
+                              "--sizes", "0.25", "--client-workers", "2", "--python", str(wrapper))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        log = calls.read_text()
+        for script in ("file_server_multithreadpool.py", "file_server_multiprocesspool.py", "stress_test.py"):
+            self.assertIn(script, log)
+        rows = read_csv(self.output)[1:]
+        self.assertEqual([r[8:12] for r in rows], [["2", "0", "2", "0"]] * 2)
+        env = json.loads(self.output.with_suffix(".jsonl").read_text().splitlines()[0])
+        self.assertEqual(env["type"], "environment")
+        self.assertEqual(env["python"], platform.python_version())
+        self.assertEqual(env["implementation"], platform.python_implementation())
+        self.assertEqual(env["executable"], sys.executable)     # asked of the interpreter, not the wrapper's name
+        self.assertEqual(env["free_threaded"], bool(sysconfig.get_config_var("Py_GIL_DISABLED")))
+        self.assertEqual(env["gil_enabled"], sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True)
+        start, end = (datetime.datetime.fromisoformat(env[k]) for k in ("start", "end"))
+        self.assertLessEqual(start, end)
+        self.assertGreater(env["duration_s"], 0)
+        self.assertLessEqual(env["duration_s"], (end - start).total_seconds() + 1)
+        self.assertTrue(env["completed"])
+
+    def test_python_that_cannot_serve_is_refused_with_one_line(self) -> None:
+        old = self.tmp / "python3.10"
+        old.write_text('#!/bin/sh\necho \'{"version_info": [3, 10, 12], "python": "3.10.12"}\'\n')
+        old.chmod(0o755)
+        for path, says in ((old, "is Python 3.10.12; the servers need 3.11 or newer"),
+                           ("/bin/true", "is not a Python interpreter"),
+                           (str(self.tmp / "missing"), "cannot run")):
+            done = self.run_sweep("--quick", "--python", str(path))
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
+            self.assertIn(says, done.stderr)
+            self.assertFalse(self.output.exists())
 
 
 if __name__ == "__main__":

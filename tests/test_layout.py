@@ -18,6 +18,7 @@ PACKAGE = REPO / "fileshare"
 LAYERS = [
     {"cli", "protocol"},
     {"replies", "streaming", "chart"},
+    {"report"},
     {"store", "state"},
     {"connection", "client", "handoff"},
     {"server", "thread_pool", "process_pool"},
