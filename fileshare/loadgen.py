@@ -109,8 +109,8 @@ class _ContentCheck:
             return
         first = next((i for i, (a, b) in enumerate(zip(piece, expected)) if a != b), len(expected))
         if self.offset + first >= self.expected_size:
-            self.fail(f"the content goes on past the expected {self.expected_size} characters of base64",
-                      self.expected_size)
+            self.fail(f"the content goes on at offset {self.expected_size}, past the end of the expected "
+                      f"{self.expected_size} characters of base64", self.expected_size)
         else:
             self.fail(f"the content differs from the expected base64 at offset {self.offset + first}",
                       self.offset + first)
