@@ -488,7 +488,8 @@ class VerifiedReplyTest(unittest.TestCase):
         verified, parser, fields = _VerifiedReply(self.expected.fileno(), self.encoding.size), ReplyParser(), {}
         for piece in pieces:
             self.assertFalse(verified.done)
-            verified.feed(parser, bytearray(piece), fields)
+            buffer = bytearray(piece) + b"~" * 7      # what lies past the received length is never read
+            verified.feed(parser, buffer, len(piece), fields)
         self.assertTrue(verified.done, reply)
         return verified, fields
 
