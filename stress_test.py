@@ -276,20 +276,30 @@ def run_clients(jobs: list[ClientJob], pool: str) -> list[ClientOutcome]:
 
 # ---------------------------------------------------------------------- the run
 
-def prepare_download(settings: Settings, content: TestContent) -> str:
-    """Make sure the server holds exactly ``content``; upload it when it does not."""
+def prepare_download(settings: Settings, content: TestContent, encoding: Optional[CanonicalEncoding] = None) -> str:
+    """Make sure the server holds exactly ``content``; upload it when it does not.
+
+    With the content's ``encoding`` the check and the upload are the cheap ones, which
+    keeps a sweep's preparation short too.
+    """
     name = server_name(content)
-    with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+    with VerifyingClient(settings.host, settings.port, timeout=settings.timeout) as client:
         try:
+            if encoding is not None:
+                client.get_verified(name, encoding)
+                return name
             held = client.get(name, DiscardingSink())
             if held.sha256 == content.sha256:
                 return name
             log.info("the server's %s differs from the test content: uploading it again", name)
         except ClientError as exc:
-            if exc.kind != "server":
+            if exc.kind not in ("server", "corrupt"):
                 raise
-            log.info("the server lacks %s: uploading it", name)
-        client.upload(content.path, name)
+            log.info("the server's %s is missing or differs from the test content (%s): uploading it", name, exc)
+        if encoding is not None:
+            client.upload_encoded(name, encoding)
+        else:
+            client.upload(content.path, name)
     return name
 
 
@@ -366,7 +376,7 @@ def prepare(settings: Settings) -> list[ClientJob]:
     encoding = canonical_encoding(content.path, content.sha256) if settings.client_work == "verify" else None
     if settings.op == "download":
         try:
-            name = prepare_download(settings, content)
+            name = prepare_download(settings, content, encoding)
         except ClientError as exc:
             # No server, or one that cannot take the file: every client would fail alike,
             # so they still run, and each reports the real error it meets.
