@@ -84,10 +84,12 @@ def plan(models: list[str], server_workers: list[int], ops: list[str], sizes: li
 
 # ---------------------------------------------------------------------- one cell
 
-def run_cell(cell: Cell, server: ServerProcess, pool: str, timeout: float, python: str = sys.executable) -> dict:
+def run_cell(cell: Cell, server: ServerProcess, pool: str, timeout: float, python: str = sys.executable,
+             client_work: str = "verify") -> dict:
     """Run stress_test.py once for ``cell`` with ``python``; a stress test that hangs or crashes is a failed cell."""
     env = dict(os.environ, STRESS_OP=cell.op, FILE_SIZE_MB=f"{cell.size_mb:g}", CLIENT_POOL=str(cell.clients),
-               CLIENT_POOL_TYPE=pool, SERVER_HOST=server.host, SERVER_PORT=str(server.port))
+               CLIENT_POOL_TYPE=pool, SERVER_HOST=server.host, SERVER_PORT=str(server.port),
+               CLIENT_WORK=client_work)
     started = time.monotonic()
     code, out, err = run_in_group([python, str(script_path("stress_test.py"))], timeout, env)
     elapsed = time.monotonic() - started
@@ -277,7 +279,8 @@ class Sweep:
                 number += 1
                 record = {"type": "cell", "row": number, "model": cell.model,
                           "server_workers": cell.server_workers, "op": cell.op, "size_mb": cell.size_mb,
-                          "clients": cell.clients, "client_pool": self.args.client_pool_type, "result": result,
+                          "clients": cell.clients, "client_pool": self.args.client_pool_type,
+                          "client_work": self.args.client_work, "result": result,
                           "samples": samples}
                 writer.writerow(csv_row(record))
                 csv_file.flush()
@@ -297,7 +300,8 @@ class Sweep:
         assert self.server is not None
         if not self.server.alive():
             return failed_result(cell, self.args.client_pool_type, "the server was not running")
-        result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout, self.args.python)
+        result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout, self.args.python,
+                          self.args.client_work)
         if not self.server.alive():
             log.warning("the %s server died during %s (status %s); a fresh one takes the next cells",
                         cell.model, cell.label(), self.server.proc.returncode if self.server.proc else None)
@@ -366,6 +370,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=_list_of(float), help="file sizes in MB (default: 10,50,100)")
     p.add_argument("--client-pool-type", choices=["thread", "process"], default="thread",
                    help="how stress_test runs its clients (default: %(default)s)")
+    p.add_argument("--client-work", choices=["verify", "decode"], default="verify",
+                   help="what stress_test's clients do with the content: verify compares it with the known "
+                        "base64 text (cheap, so the server is measured); decode decodes and encodes like an "
+                        "application (default: %(default)s)")
     p.add_argument("--output", help=f"CSV to write; the JSON Lines, SVG and Markdown go beside it (default: "
                                     f"{DEFAULT_OUTPUT} for the full sweep, {NARROWED_OUTPUT} for any other; with "
                                     "--compare: the Markdown to write, default compare.md)")

@@ -6,6 +6,11 @@ Configured by the environment, as the course's users know it, or by flags (flags
     STRESS_OP=download FILE_SIZE_MB=10 CLIENT_POOL=5 CLIENT_POOL_TYPE=thread python stress_test.py
     python stress_test.py --op upload --size-mb 50 --clients 50 --pool process --port 6667
 
+The clients are cheap by default (``--client-work verify``): downloads are compared
+with the known base64 text, uploads sent pre-encoded with sendfile(), so a cell
+measures the server, not this load generator (fileshare/loadgen.py).
+``--client-work decode`` runs clients that decode and encode like an application.
+
 Stdout carries exactly one JSON object (keys documented in README.md); logs go
 to stderr.  The exit status is 0 whenever a result was produced, even if every
 client failed; 2 for invalid settings.
@@ -22,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import threading
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from client_worker import ClientError, DiscardingSink, FileClient
+from fileshare.loadgen import CanonicalEncoding, VerifyingClient, canonical_encoding
 
 log = logging.getLogger("stress_test")
 
@@ -38,6 +45,7 @@ MIB = 1024 * 1024
 CACHE_DIR = Path(__file__).resolve().parent / ".cache" / "stress"
 BARRIER_TIMEOUT = 120.0     # how long the clients wait for each other before giving up
 CONTENT_SEED = "fileserver-stress-v1"
+CLIENT_WORK = ("verify", "decode")
 
 
 # ---------------------------------------------------------------------- settings
@@ -51,6 +59,7 @@ class Settings:
     host: str
     port: int
     timeout: float
+    client_work: str = "verify"
 
     @property
     def size_bytes(self) -> int:
@@ -71,13 +80,17 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
         description="Run CLIENT_POOL clients against a file server at once; print one JSON result.",
         epilog="Each flag defaults to its environment variable: STRESS_OP, FILE_SIZE_MB, CLIENT_POOL, "
-               "CLIENT_POOL_TYPE, SERVER_HOST, SERVER_PORT. Exit status 2 means an invalid setting.")
+               "CLIENT_POOL_TYPE, SERVER_HOST, SERVER_PORT, CLIENT_WORK. Exit status 2 means an invalid setting.")
     parser.add_argument("--op", help="download or upload (env STRESS_OP, default download)")
     parser.add_argument("--size-mb", help="file size in MiB, a positive number (env FILE_SIZE_MB, default 10)")
     parser.add_argument("--clients", help="how many clients run at once (env CLIENT_POOL, default 5)")
     parser.add_argument("--pool", help="thread or process (env CLIENT_POOL_TYPE, default thread)")
     parser.add_argument("--host", help="server address (env SERVER_HOST, default 127.0.0.1)")
     parser.add_argument("--port", help="server port (env SERVER_PORT, default 6667)")
+    parser.add_argument("--client-work",
+                        help="verify: clients compare downloads with the known base64 text and send uploads "
+                             "pre-encoded, so the server is what is measured; decode: clients decode and encode "
+                             "like an application (env CLIENT_WORK, default verify)")
     parser.add_argument("--timeout", default="120",
                         help="seconds a client waits on any read or write (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -120,7 +133,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SettingsError(f"--timeout must be a positive number of seconds, not {args.timeout!r}")
     if round(size_mb * MIB) < 1:
         raise SettingsError(f"FILE_SIZE_MB={size_text} is less than one byte")
-    return Settings(op, size_mb, clients, pool, host, port, timeout)
+    client_work = _setting(args.client_work, "CLIENT_WORK", "verify").strip().lower()
+    if client_work not in CLIENT_WORK:
+        raise SettingsError(f"CLIENT_WORK must be 'verify' or 'decode', not {client_work!r}")
+    return Settings(op, size_mb, clients, pool, host, port, timeout, client_work)
 
 
 # ---------------------------------------------------------------------- test content
@@ -193,6 +209,7 @@ class ClientJob:
     timeout: float
     name: str                  # file to download, or name to upload under
     content: TestContent
+    encoding: Optional[CanonicalEncoding] = None   # set: the cheap client (verify); None: decode
 
 
 _barrier: Any = None
@@ -212,8 +229,12 @@ def run_client(job: ClientJob) -> ClientOutcome:
                              error="the clients could not all start together (barrier broken)")
     started = time.monotonic()
     try:
-        with FileClient(job.host, job.port, timeout=job.timeout) as client:
-            if job.op == "download":
+        with VerifyingClient(job.host, job.port, timeout=job.timeout) as client:
+            if job.encoding is not None and job.op == "download":
+                result = client.get_verified(job.name, job.encoding)
+            elif job.encoding is not None:
+                result = client.upload_encoded(job.name, job.encoding)
+            elif job.op == "download":
                 result = client.get(job.name, DiscardingSink())
             else:
                 result = client.upload(job.content.path, job.name, known_sha256=job.content.sha256)
@@ -255,20 +276,30 @@ def run_clients(jobs: list[ClientJob], pool: str) -> list[ClientOutcome]:
 
 # ---------------------------------------------------------------------- the run
 
-def prepare_download(settings: Settings, content: TestContent) -> str:
-    """Make sure the server holds exactly ``content``; upload it when it does not."""
+def prepare_download(settings: Settings, content: TestContent, encoding: Optional[CanonicalEncoding] = None) -> str:
+    """Make sure the server holds exactly ``content``; upload it when it does not.
+
+    With the content's ``encoding`` the check and the upload are the cheap ones, which
+    keeps a sweep's preparation short too.
+    """
     name = server_name(content)
-    with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+    with VerifyingClient(settings.host, settings.port, timeout=settings.timeout) as client:
         try:
+            if encoding is not None:
+                client.get_verified(name, encoding)
+                return name
             held = client.get(name, DiscardingSink())
             if held.sha256 == content.sha256:
                 return name
             log.info("the server's %s differs from the test content: uploading it again", name)
         except ClientError as exc:
-            if exc.kind != "server":
+            if exc.kind not in ("server", "corrupt"):
                 raise
-            log.info("the server lacks %s: uploading it", name)
-        client.upload(content.path, name)
+            log.info("the server's %s is missing or differs from the test content (%s): uploading it", name, exc)
+        if encoding is not None:
+            client.upload_encoded(name, encoding)
+        else:
+            client.upload(content.path, name)
     return name
 
 
@@ -290,8 +321,15 @@ def percentile(values: list[float], share: float) -> Optional[float]:
     return ordered[int(rank) - 1]
 
 
+def client_cpu_seconds(pool: str) -> float:
+    """CPU seconds used so far by the clients of ``pool``: this process's threads, or the
+    forked client processes once the pool has reaped them."""
+    usage = resource.getrusage(resource.RUSAGE_SELF if pool == "thread" else resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optional[dict],
-              after: Optional[dict], prepare_error: Optional[ClientOutcome] = None) -> dict:
+              after: Optional[dict], client_cpu_s: Optional[float] = None) -> dict:
     good = [o for o in outcomes if o.ok]
     times = [o.seconds for o in good]
     errors: dict[str, dict] = {}
@@ -312,6 +350,7 @@ def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optiona
         "size_bytes": settings.size_bytes,
         "clients": settings.clients,
         "pool": settings.pool,
+        "client_work": settings.client_work,
         "host": settings.host,
         "port": settings.port,
         "succeed": len(good),
@@ -326,15 +365,18 @@ def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optiona
         "errors": errors,
         "server_succeeded": server_ok,
         "server_failed": server_failed,
+        "client_cpu_s": client_cpu_s,
         "python": platform.python_version(),
     }
 
 
-def run(settings: Settings) -> dict:
+def prepare(settings: Settings) -> list[ClientJob]:
+    """Everything before the timed part: the content (and its encoding), the server's copy, the jobs."""
     content = test_content(settings.size_bytes)
+    encoding = canonical_encoding(content.path, content.sha256) if settings.client_work == "verify" else None
     if settings.op == "download":
         try:
-            name = prepare_download(settings, content)
+            name = prepare_download(settings, content, encoding)
         except ClientError as exc:
             # No server, or one that cannot take the file: every client would fail alike,
             # so they still run, and each reports the real error it meets.
@@ -344,14 +386,26 @@ def run(settings: Settings) -> dict:
     else:
         run_id = f"{os.getpid()}-{int(time.time())}"
         names = [f"stress-upload-{run_id}-{i}.bin" for i in range(settings.clients)]
-    jobs = [ClientJob(settings.op, settings.host, settings.port, settings.timeout, name, content) for name in names]
-    before = server_counts(settings)
-    outcomes = run_clients(jobs, settings.pool)
-    after = server_counts(settings) if before is not None else None
+    return [ClientJob(settings.op, settings.host, settings.port, settings.timeout, name, content, encoding)
+            for name in names]
+
+
+def clean_up(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> None:
+    """After the timed part: check unconfirmed uploads, then delete what the clients uploaded."""
     if settings.op == "upload":
         _read_back_unconfirmed(settings, jobs, outcomes)
-        _delete_uploads(settings, names)
-    return summarize(settings, outcomes, before, after)
+        _delete_uploads(settings, [job.name for job in jobs])
+
+
+def run(settings: Settings) -> dict:
+    jobs = prepare(settings)
+    before = server_counts(settings)
+    cpu_before = client_cpu_seconds(settings.pool)
+    outcomes = run_clients(jobs, settings.pool)
+    client_cpu = client_cpu_seconds(settings.pool) - cpu_before
+    after = server_counts(settings) if before is not None else None
+    clean_up(settings, jobs, outcomes)
+    return summarize(settings, outcomes, before, after, client_cpu)
 
 
 def _read_back_unconfirmed(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> None:

@@ -3,6 +3,7 @@
 
     python bench/bench.py              # about 2.5 minutes on 2 cores
     python bench/bench.py --skip-crowd # without the 50-client memory check
+    python bench/bench.py --quick      # a few seconds: shows the bench works, numbers mean little
 
 The ceiling is a minimal streaming pipeline written here (file -> base64 ->
 loopback socket -> strict decode -> file), with no protocol, no checks and no
@@ -11,8 +12,12 @@ SHA-256 of what it decoded, the one check our client (downloads) and server
 (uploads) make of every transfer.  Each case runs the four one after another,
 round after round, so machine drift hits all alike; the table shows medians
 over rounds, and ratios as the median of each round's ratio.  Every client runs in a process of its
-own and reports its own peak RSS; the servers' peak RSS comes from
-/proc/PID/status (VmHWM) of the server and each of its workers.
+own and reports its own peak RSS and CPU time; the servers' peak RSS and CPU time come
+from /proc of the server and each of its workers.
+
+A last section runs stress_test's own clients (threads in one process, as the
+sweep runs them) in both --client-work modes side by side, and shows how much
+of the CPU the load generator takes: the sweep should measure the servers.
 
 Loopback only (127.0.0.1); every loop is bounded; every process started here
 is stopped here.
@@ -32,13 +37,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import stress_test  # noqa: E402
 from client_worker import FileClient  # noqa: E402
-from fileshare.harness import ServerProcess, child_pids, script_path, vm_hwm  # noqa: E402
+from fileshare.harness import ServerProcess, child_pids, script_path, tree_cpu_seconds, vm_hwm  # noqa: E402
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
 from fileshare.streaming import RECV_CHUNK, ReceiveBuffer  # noqa: E402
 
@@ -47,6 +54,7 @@ MB = 1e6
 CLIENT_TIMEOUT = 300.0
 MP = multiprocessing.get_context("fork")
 IMPLEMENTATIONS = ("ceiling", "verified", "thread", "process")    # run in this order, every round
+CLIENT_WORK = ("decode", "verify")
 
 
 # ---------------------------------------------------------------------- ceiling
@@ -135,6 +143,50 @@ def _our_client(port: int, op: str, source: str, folder: str, index: int) -> int
 
 # ---------------------------------------------------------------------- running clients
 
+class ClientReport(NamedTuple):
+    """What one client process reports of its transfer."""
+    started: float          # time.monotonic() (system-wide)
+    finished: float
+    size: int               # payload bytes moved
+    rss: int                # its peak resident size, bytes
+    cpu_s: float            # its CPU seconds, user + system
+    error: str = ""         # empty when the transfer completed and verified
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run of a case: several clients at once against one server (or the ceiling)."""
+    seconds: float                      # wall time, first client's start to last client's end
+    payload: int                        # bytes of file content moved
+    client_cpu_s: float
+    client_rss: int = 0
+    server_cpu_s: Optional[float] = None   # None where the server is not one of ours
+
+    @property
+    def mbps(self) -> float:
+        return self.payload / self.seconds / MB
+
+    @property
+    def client_ms_per_mb(self) -> float:
+        return self.client_cpu_s / (self.payload / MB) * 1000
+
+    @property
+    def server_ms_per_mb(self) -> float:
+        assert self.server_cpu_s is not None
+        return self.server_cpu_s / (self.payload / MB) * 1000
+
+    @property
+    def generator_share(self) -> float:
+        """The clients' share of the CPU that clients and server used together."""
+        assert self.server_cpu_s is not None
+        return self.client_cpu_s / max(self.client_cpu_s + self.server_cpu_s, 1e-9)
+
+    @property
+    def generator_machine_share(self) -> float:
+        """The clients' share of all the machine's cores over the run."""
+        return self.client_cpu_s / (self.seconds * (os.cpu_count() or 1))
+
+
 def _client_process(run: Callable[..., int], args: tuple, barrier, results) -> None:
     try:
         barrier.wait(60)
@@ -142,35 +194,36 @@ def _client_process(run: Callable[..., int], args: tuple, barrier, results) -> N
         size = run(*args)
         finished = time.monotonic()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        results.put((started, finished, size, usage.ru_maxrss * 1024, "", usage.ru_utime + usage.ru_stime))
+        results.put(ClientReport(started, finished, size, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime))
     except Exception as exc:  # reported as a failed client
-        results.put((0.0, 0.0, 0, 0, f"{type(exc).__name__}: {exc}", 0.0))
+        results.put(ClientReport(0.0, 0.0, 0, 0, 0.0, f"{type(exc).__name__}: {exc}"))
 
 
 def run_clients(run: Callable[..., int], port: int, op: str, source: str, folder: str, clients: int,
-                *extra: object) -> dict:
-    """Start ``clients`` client processes together; return payload MB/s over the wall time."""
+                *extra: object, server_pid: Optional[int] = None) -> Measurement:
+    """Start ``clients`` client processes together; measure them (and the server at ``server_pid``)."""
     barrier, results = MP.Barrier(clients), MP.Queue()
     procs = [MP.Process(target=_client_process, args=(run, (port, op, source, folder, i, *extra), barrier, results))
              for i in range(clients)]
+    server_before = tree_cpu_seconds(server_pid) if server_pid else None
     for p in procs:
         p.start()
-    outcomes = [results.get(timeout=CLIENT_TIMEOUT + 60) for _ in procs]
+    reports: list[ClientReport] = [results.get(timeout=CLIENT_TIMEOUT + 60) for _ in procs]
+    server_cpu = tree_cpu_seconds(server_pid) - server_before if server_pid and server_before is not None else None
     for p in procs:
         p.join(30)
         if p.is_alive():
             p.kill()
             p.join()
-    errors = [o[4] for o in outcomes if o[4]]
+    errors = [r.error for r in reports if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed, e.g. {errors[0]}")
-    wall = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
-    moved = sum(o[2] for o in outcomes)
-    return {"seconds": wall, "mbps": moved / wall / MB, "client_rss": max(o[3] for o in outcomes),
-            "client_cpu_ns_per_byte": sum(o[5] for o in outcomes) / moved * 1e9}
+    return Measurement(seconds=max(r.finished for r in reports) - min(r.started for r in reports),
+                       payload=sum(r.size for r in reports), client_cpu_s=sum(r.cpu_s for r in reports),
+                       client_rss=max(r.rss for r in reports), server_cpu_s=server_cpu)
 
 
-def run_ceiling(op: str, source: str, folder: str, clients: int, verify: bool = False) -> dict:
+def run_ceiling(op: str, source: str, folder: str, clients: int, verify: bool = False) -> Measurement:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     server = MP.Process(target=_ceiling_server, args=(listener, op, source, folder, clients, verify))
@@ -222,6 +275,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--size-mb", type=int, default=100, help="file size for the main cases (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=4, help="'several clients' (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=5, help="server pool size (default: %(default)s)")
+    parser.add_argument("--cell-clients", type=int, default=5,
+                        help="stress_test thread clients in the load-generator section (default: %(default)s)")
+    parser.add_argument("--cell-rounds", type=int, default=3,
+                        help="rounds of the load-generator section (default: %(default)s)")
     parser.add_argument("--skip-crowd", action="store_true",
                         help="skip the memory check with 50 clients in one process (about a minute)")
     parser.add_argument("--quick", action="store_true",
@@ -229,7 +286,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "no crowd check; shows that the bench works, its numbers mean little")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.size_mb, args.skip_crowd = 1, 4, True
+        args.rounds, args.cell_rounds, args.size_mb, args.skip_crowd = 1, 1, 4, True
         sizes, crowds = [1, 2, 4], (1, 2, 5)
     else:
         sizes, crowds = sorted({10, 50, args.size_mb}), (1, 5, 50)
@@ -246,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         servers = {model: ServerProcess(model, served, args.workers, extra_args=["--log-level", "WARNING"]).start()
                    for model in ("thread", "process")}
         try:
-            results: dict[tuple, list[dict]] = {}
+            results: dict[tuple, list[Measurement]] = {}
             cases = [(op, n) for op in ("download", "upload") for n in (1, args.clients)]
             for round_no in range(args.rounds):
                 for op, clients in cases:
@@ -254,13 +311,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                         if impl in ("ceiling", "verified"):
                             r = run_ceiling(op, main_file, scratch, clients, verify=impl == "verified")
                         else:
-                            r = run_clients(_our_client, servers[impl].port, op, main_file, scratch, clients)
+                            r = run_clients(_our_client, servers[impl].port, op, main_file, scratch, clients,
+                                            server_pid=servers[impl].pid)
                         results.setdefault((op, clients, impl), []).append(r)
                         _clean(scratch, set())
                         _clean(served, keep)
                 print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
             scaling = measure_scaling(servers, served, scratch, keep, sizes, crowds)
+            cells = measure_load_generator(servers, args.size_mb, args.cell_clients, args.cell_rounds)
             report(args, results, scaling, servers)
+            report_load_generator(args, cells)
             if not args.skip_crowd:
                 report_crowd(args.size_mb)
         finally:
@@ -277,22 +337,52 @@ def measure_scaling(servers: dict, served: str, scratch: str, keep: set[str], si
         for op in ("download", "upload"):
             for size in sizes:
                 r = run_clients(_our_client, server.port, op, os.path.join(served, f"file-{size}.bin"), scratch, 1)
-                out[(model, op, "size", size)] = r["seconds"]
+                out[(model, op, "size", size)] = r.seconds
                 _clean(scratch, set())
                 _clean(served, keep)
             for clients in crowds:
                 r = run_clients(_our_client, server.port, op, os.path.join(served, f"file-{sizes[0]}.bin"),
                                 scratch, clients)
-                out[(model, op, "clients", clients)] = r["seconds"]
+                out[(model, op, "clients", clients)] = r.seconds
                 _clean(scratch, set())
                 _clean(served, keep)
+    return out
+
+
+def run_stress_cell(server: ServerProcess, op: str, size_mb: float, clients: int, client_work: str) -> Measurement:
+    """One sweep cell's timed part as stress_test runs it: its thread clients, here in this process
+    (so their CPU time is this process's), after stress_test's own preparation."""
+    settings = stress_test.Settings(op, size_mb, clients, "thread", server.host, server.port, CLIENT_TIMEOUT,
+                                    client_work)
+    jobs = stress_test.prepare(settings)
+    server_before = tree_cpu_seconds(server.pid)
+    client_before = stress_test.client_cpu_seconds("thread")
+    outcomes = stress_test.run_clients(jobs, "thread")
+    client_cpu = stress_test.client_cpu_seconds("thread") - client_before
+    server_cpu = tree_cpu_seconds(server.pid) - server_before
+    stress_test.clean_up(settings, jobs, outcomes)
+    summary = stress_test.summarize(settings, outcomes, None, None, client_cpu)
+    if summary["failed"]:
+        raise RuntimeError(f"{summary['failed']} stress_test clients failed: {summary['errors']}")
+    return Measurement(summary["wall_time_s"], sum(o.bytes for o in outcomes), client_cpu, server_cpu_s=server_cpu)
+
+
+def measure_load_generator(servers: dict, size_mb: float, clients: int, rounds: int) -> dict[tuple, list[Measurement]]:
+    """Both client-work modes side by side, round after round, against both servers."""
+    out: dict[tuple, list[Measurement]] = {}
+    for round_no in range(rounds):
+        for op in ("download", "upload"):
+            for model, server in servers.items():
+                for work in CLIENT_WORK:
+                    out.setdefault((op, model, work), []).append(run_stress_cell(server, op, size_mb, clients, work))
+        print(f"load-generator round {round_no + 1}/{rounds} done", file=sys.stderr, flush=True)
     return out
 
 
 def median_ratio(results: dict, case: tuple, impl: str, base: str) -> float:
     """Median over rounds of impl / base, each ratio from runs made one right after the other,
     so drift of the machine between rounds cancels out."""
-    return statistics.median(r["mbps"] / b["mbps"] for r, b in zip(results[(*case, impl)], results[(*case, base)]))
+    return statistics.median(r.mbps / b.mbps for r, b in zip(results[(*case, impl)], results[(*case, base)]))
 
 
 def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict) -> None:
@@ -305,14 +395,28 @@ def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict
     print(header)
     print("-" * len(header))
     for case in [(op, n) for op in ("download", "upload") for n in (1, args.clients)]:
-        med = {impl: statistics.median(r["mbps"] for r in results[(*case, impl)]) for impl in IMPLEMENTATIONS}
+        med = {impl: statistics.median(r.mbps for r in results[(*case, impl)]) for impl in IMPLEMENTATIONS}
         ratios = [median_ratio(results, case, impl, base)
                   for base in ("ceiling", "verified") for impl in ("thread", "process")]
-        rss = max(r["client_rss"] for impl in ("thread", "process") for r in results[(*case, impl)])
+        rss = max(r.client_rss for impl in ("thread", "process") for r in results[(*case, impl)])
         op, clients = case
         label = f"{op}, {clients} client{'s' if clients > 1 else ''}"
         print(f"{label:<20} " + " ".join(f"{med[impl]:8.1f}" for impl in IMPLEMENTATIONS) + " "
               + " ".join(f"{ratio:9.2f}" for ratio in ratios) + f" {rss / MIB:15.1f}")
+    print("\nCPU time per MB of payload (ms; medians), our servers driven by our decoding client as above; "
+          "clients % = the clients' share of the CPU that clients and server used:")
+    print(f"{'case':<20} {'thread: server':>15} {'client':>7} {'clients %':>10}   "
+          f"{'process: server':>15} {'client':>7} {'clients %':>10}")
+    for case in [(op, n) for op in ("download", "upload") for n in (1, args.clients)]:
+        columns = []
+        for impl in ("thread", "process"):
+            runs = results[(*case, impl)]
+            columns.append(f"{statistics.median(r.server_ms_per_mb for r in runs):15.2f} "
+                           f"{statistics.median(r.client_ms_per_mb for r in runs):7.2f} "
+                           f"{100 * statistics.median(r.generator_share for r in runs):9.0f}%")
+        op, clients = case
+        label = f"{op}, {clients} client{'s' if clients > 1 else ''}"
+        print(f"{label:<20} " + "   ".join(columns))
     print("\nPeak RSS of the servers (VmHWM, largest of the server and its workers):")
     for model, server in servers.items():
         print(f"  {model:<8} {peak_rss(server.pid) / MIB:6.1f} MiB")
@@ -331,6 +435,26 @@ def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict
             for clients in crowds:
                 seconds = scaling[(model, op, "clients", clients)]
                 print(f"  {model:<8} {op:<8} {clients:>10} {seconds:8.3f} {seconds / clients * 1000:14.1f}")
+
+
+def report_load_generator(args: argparse.Namespace, cells: dict[tuple, list[Measurement]]) -> None:
+    print(f"\nLoad generator: stress_test's {args.cell_clients} thread clients x {args.size_mb} MiB in one process "
+          f"(as the sweep runs them), server pools of {args.workers}, medians of {args.cell_rounds} rounds.")
+    print(f"CPU time per MB of payload in ms.  clients % of used: the clients' share of the CPU that clients "
+          f"and server used; % of machine: of all {os.cpu_count()} cores over the run.  "
+          f"x decode: MB/s over the decoding clients' (median of each round's ratio).")
+    header = f"{'op':<9} {'server':<8} {'clients':<8} {'MB/s':>7} {'x decode':>9} {'server ms/MB':>13} " \
+             f"{'client ms/MB':>13} {'clients % of used':>18} {'% of machine':>13}"
+    print(header)
+    print("-" * len(header))
+    for op, model, work in cells:
+        runs = cells[(op, model, work)]
+        ratio = statistics.median(r.mbps / d.mbps for r, d in zip(runs, cells[(op, model, "decode")]))
+        print(f"{op:<9} {model:<8} {work:<8} {statistics.median(r.mbps for r in runs):7.1f} {ratio:9.2f} "
+              f"{statistics.median(r.server_ms_per_mb for r in runs):13.2f} "
+              f"{statistics.median(r.client_ms_per_mb for r in runs):13.2f} "
+              f"{100 * statistics.median(r.generator_share for r in runs):17.0f}% "
+              f"{100 * statistics.median(r.generator_machine_share for r in runs):12.0f}%")
 
 
 def report_crowd(size_mb: int) -> None:

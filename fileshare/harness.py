@@ -223,6 +223,17 @@ def reaped(pid: int) -> bool:
     return not os.path.exists(f"/proc/{pid}")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children so far, reaped children included;
+    a process that is gone counts nothing."""
+    total = 0
+    for p in [pid, *child_pids(pid)]:
+        fields = _stat_fields(p)
+        if fields is not None:
+            total += sum(int(x) for x in fields[11:15])     # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def status_fields(pid: int) -> dict[str, str]:
     """/proc/PID/status as a mapping of field name to its text."""
     with open(f"/proc/{pid}/status") as f:

@@ -1,4 +1,5 @@
-"""The benchmark runs end to end (its --quick mode: a few seconds, numbers meaningless).
+"""The benchmark runs end to end (its --quick mode: a few seconds, numbers meaningless): every
+table, CPU per MB and the load generator in both client-work modes included.
 
 Run with:  python -m unittest tests.test_bench -v
 """
@@ -31,6 +32,22 @@ class BenchQuickTests(unittest.TestCase):
             self.assertRegex(out, rf"\n  {model}\s+\d+\.\d MiB\n")
         self.assertRegex(out, r"ms per MB")
         self.assertRegex(out, r"ms per client")
+        for case in ("download, 1 client", "download, 4 clients", "upload, 1 client", "upload, 4 clients"):
+            row = re.search(rf"^{re.escape(case)}\s+(\d.*%)$", out, re.MULTILINE)
+            self.assertIsNotNone(row, f"no CPU row for {case!r} in:\n{out}")
+            # Per server: its CPU ms/MB (a tick may round it to 0 on tiny files), the clients', their share.
+            cpu = [float(x.rstrip("%")) for x in row.group(1).split()]
+            self.assertEqual(len(cpu), 6, row.group(0))
+            self.assertTrue(all(0 <= x for x in cpu) and cpu[1] > 0 and cpu[4] > 0, row.group(0))
+        # The load generator in both client-work modes, against both servers, for both operations.
+        cells = re.findall(r"^(download|upload)\s+(thread|process)\s+(decode|verify)\s+(.*%)$", out, re.MULTILINE)
+        self.assertEqual(sorted(c[:3] for c in cells),
+                         sorted((op, model, work) for op in ("download", "upload") for model in ("thread", "process")
+                                for work in ("decode", "verify")), out)
+        for *_, numbers in cells:
+            values = [float(x.rstrip("%")) for x in numbers.split()]
+            self.assertEqual(len(values), 6, numbers)        # MB/s, x decode, 2 x ms/MB, 2 shares
+            self.assertTrue(values[0] > 0 and values[1] > 0 and values[3] > 0, numbers)
 
 
 if __name__ == "__main__":

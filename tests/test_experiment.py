@@ -96,9 +96,19 @@ class ExperimentTest(unittest.TestCase):
         self.assertEqual(len(cells), 8)
         self.assertEqual(cells[-1]["result"]["succeed"], 3)
         self.assertEqual(len(cells[-1]["samples"]), 1)
+        # The cheap verifying clients by default, recorded in every cell.
+        self.assertEqual({(c["client_work"], c["result"]["client_work"]) for c in cells}, {("verify", "verify")})
         self.assertIn("<svg", self.output.with_suffix(".svg").read_text())
         self.assertIn("thread MB/s", done.stdout)
         self.assertEqual(done.stderr.count("ETA"), 8)
+
+    def test_client_work_decode_reaches_every_stress_test(self) -> None:
+        done = self.run_sweep("--models", "process", "--server-workers", "2", "--sizes", "0.25",
+                              "--client-workers", "2", "--client-work", "decode")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        cells = [json.loads(line) for line in self.output.with_suffix(".jsonl").read_text().splitlines()][1:]
+        self.assertEqual([(c["op"], c["client_work"], c["result"]["client_work"], c["result"]["succeed"])
+                          for c in cells], [("download", "decode", "decode", 2), ("upload", "decode", "decode", 2)])
 
     def test_resume_runs_only_missing_cells(self) -> None:
         first = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",

@@ -21,6 +21,7 @@ LAYERS = [
     {"report"},
     {"store", "state"},
     {"connection", "client", "handoff"},
+    {"loadgen"},
     {"server", "thread_pool", "process_pool"},
     {"harness"},
 ]

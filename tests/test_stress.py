@@ -21,9 +21,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import unittest
-from typing import Sequence
+from typing import Callable, Sequence
 
 try:
     from .support import HOST, REPO, ServerPerClass
@@ -31,6 +32,9 @@ try:
 except ImportError:          # run from inside tests/
     from support import HOST, REPO, ServerPerClass
     from test_client import FakeServer, clear_folder, free_port, get_reply, read_request
+from fileshare.loadgen import _VerifiedReply, canonical_encoding  # noqa: E402  (support put the repository on the path)
+from fileshare.replies import ReplyParser  # noqa: E402
+from stress_test import test_content as stress_content  # noqa: E402
 
 STRESS_SCRIPT = REPO / "stress_test.py"
 SUBPROCESS_TIMEOUT = 60
@@ -38,10 +42,10 @@ SIZE_MB = "0.5"
 SIZE_BYTES = 512 * 1024
 CLIENTS = 3
 SETTING_VARIABLES = ("STRESS_OP", "FILE_SIZE_MB", "CLIENT_POOL", "CLIENT_POOL_TYPE", "SERVER_HOST",
-                     "SERVER_PORT", "STRESS_LOG_LEVEL")
-RESULT_KEYS = {"op", "size_mb", "clients", "pool", "succeed", "failed", "total_time_s", "throughput_Bps",
-               "wall_time_s", "aggregate_throughput_Bps", "latency_s", "errors", "server_succeeded",
-               "server_failed"}
+                     "SERVER_PORT", "STRESS_LOG_LEVEL", "CLIENT_WORK")
+RESULT_KEYS = {"op", "size_mb", "clients", "pool", "client_work", "succeed", "failed", "total_time_s",
+               "throughput_Bps", "wall_time_s", "aggregate_throughput_Bps", "latency_s", "errors",
+               "server_succeeded", "server_failed", "client_cpu_s"}
 LATENCY_KEYS = ("min", "p50", "p90", "p99", "max")
 
 
@@ -95,14 +99,15 @@ class _StressAssertions(unittest.TestCase):
         self.assertEqual(value["succeed"] + value["failed"], value["clients"])
         return value
 
-    def assertAllSucceeded(self, result: dict, op: str, pool: str) -> None:
-        self.assertEqual((result["op"], result["pool"], result["clients"]), (op, pool, CLIENTS))
+    def assertAllSucceeded(self, result: dict, op: str, pool: str, client_work: str = "verify") -> None:
+        self.assertEqual((result["op"], result["pool"], result["clients"], result["client_work"]),
+                         (op, pool, CLIENTS, client_work))
         self.assertEqual(result["size_mb"], float(SIZE_MB))
         self.assertEqual((result["succeed"], result["failed"]), (CLIENTS, 0), result["errors"])
         self.assertEqual(result["errors"], {})
         self.assertEqual((result["server_succeeded"], result["server_failed"]), (CLIENTS, 0),
                          "the server's counts of the measured requests")
-        for key in ("total_time_s", "throughput_Bps", "wall_time_s", "aggregate_throughput_Bps"):
+        for key in ("total_time_s", "throughput_Bps", "wall_time_s", "aggregate_throughput_Bps", "client_cpu_s"):
             self.assertIsInstance(result[key], (int, float), key)
             self.assertGreater(result[key], 0, key)
         latency = [result["latency_s"][key] for key in LATENCY_KEYS]
@@ -131,24 +136,24 @@ class _StressAgainstServer(ServerPerClass, _StressAssertions):
     def setUp(self) -> None:
         clear_folder(self.root)
 
-    def stress(self, op: str, pool: str) -> dict:
+    def stress(self, op: str, pool: str, client_work: str = "verify") -> dict:
         return self.result_of(run_stress(["--timeout", "20"], STRESS_OP=op, FILE_SIZE_MB=SIZE_MB,
-                                         CLIENT_POOL=str(CLIENTS), CLIENT_POOL_TYPE=pool,
+                                         CLIENT_POOL=str(CLIENTS), CLIENT_POOL_TYPE=pool, CLIENT_WORK=client_work,
                                          SERVER_HOST=HOST, SERVER_PORT=str(self.server.port)))
 
     def stress_files(self) -> list[str]:
         return sorted(name for name in os.listdir(self.root) if name.startswith("stress-"))
 
-    def check_download(self, pool: str) -> None:
-        result = self.stress("download", pool)
-        self.assertAllSucceeded(result, "download", pool)
+    def check_download(self, pool: str, client_work: str = "verify") -> None:
+        result = self.stress("download", pool, client_work)
+        self.assertAllSucceeded(result, "download", pool, client_work)
         files = self.stress_files()
         self.assertEqual(len(files), 1, files)
         self.assertEqual(os.path.getsize(os.path.join(self.root, files[0])), SIZE_BYTES)
 
-    def check_upload(self, pool: str) -> None:
-        result = self.stress("upload", pool)
-        self.assertAllSucceeded(result, "upload", pool)
+    def check_upload(self, pool: str, client_work: str = "verify") -> None:
+        result = self.stress("upload", pool, client_work)
+        self.assertAllSucceeded(result, "upload", pool, client_work)
         self.assertEqual([n for n in os.listdir(self.root) if n.startswith("stress-upload")], [],
                          "the uploaded test files were not deleted")
         self.assertEqual([n for n in os.listdir(self.root) if n.endswith(".part")], [])
@@ -164,6 +169,13 @@ class _StressAgainstServer(ServerPerClass, _StressAssertions):
 
     def test_upload_process_pool(self) -> None:
         self.check_upload("process")
+
+    # The application-like clients (decode and encode); each pool type once, each operation once.
+    def test_download_process_pool_decoding_clients(self) -> None:
+        self.check_download("process", "decode")
+
+    def test_upload_thread_pool_decoding_clients(self) -> None:
+        self.check_upload("thread", "decode")
 
     def test_download_replaces_a_corrupted_copy_on_the_server(self) -> None:
         self.check_download("thread")
@@ -218,12 +230,12 @@ class StressSettingsTest(_StressAssertions):
         {"STRESS_OP": "foo"}, {"STRESS_OP": ""},
         {"FILE_SIZE_MB": "0"}, {"FILE_SIZE_MB": "-1"}, {"FILE_SIZE_MB": "abc"}, {"FILE_SIZE_MB": "nan"},
         {"CLIENT_POOL": "0"}, {"CLIENT_POOL": "1.5"}, {"CLIENT_POOL": "abc"}, {"CLIENT_POOL": "-2"},
-        {"CLIENT_POOL_TYPE": "fork"},
+        {"CLIENT_POOL_TYPE": "fork"}, {"CLIENT_WORK": "hash"}, {"CLIENT_WORK": ""},
         {"SERVER_PORT": "abc"}, {"SERVER_PORT": "70000"}, {"SERVER_PORT": "0"},
     ]
     INVALID_FLAGS = [
         ["--op", "foo"], ["--size-mb", "0"], ["--size-mb", "abc"], ["--clients", "1.5"], ["--clients", "0"],
-        ["--pool", "fork"], ["--port", "70000"], ["--port", "abc"], ["--timeout", "0"],
+        ["--pool", "fork"], ["--port", "70000"], ["--port", "abc"], ["--timeout", "0"], ["--client-work", "none"],
     ]
 
     def assertInvalid(self, proc: subprocess.CompletedProcess) -> None:
@@ -259,16 +271,24 @@ class StressSettingsTest(_StressAssertions):
 
 # ---------------------------------------------------------------------- corrupting fake servers
 
+def stress_base64() -> bytes:
+    """The canonical base64 of the test content stress_test uses at SIZE_MB."""
+    with open(stress_content(SIZE_BYTES).path, "rb") as f:
+        return base64.b64encode(f.read())
+
+
 class CorruptingServer:
     """A fake file server that keeps uploads in memory and changes them on the way.
 
     mangle: 'flip' inverts the first byte, 'truncate' drops the last one, 'none' keeps it whole.  With
     ``report`` the UPLOAD reply carries the size and SHA-256 of what was stored
-    (as the real servers do); without it, it is a bare OK.  STATS is unknown.
+    (as the real servers do); without it, it is a bare OK.  ``reply_text`` turns the
+    stored content's base64 into the text a GET reply carries.  STATS is unknown.
     """
 
-    def __init__(self, mangle: str = "flip", report: bool = False) -> None:
-        self.mangle, self.report = mangle, report
+    def __init__(self, mangle: str = "flip", report: bool = False,
+                 reply_text: Callable[[bytes], bytes] = base64.b64encode) -> None:
+        self.mangle, self.report, self.reply_text = mangle, report, reply_text
         self.store: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.fake = FakeServer(self._handle)
@@ -305,7 +325,7 @@ class CorruptingServer:
                 if content is None:
                     conn.sendall(b'{"status": "ERROR", "data": "not found"}\r\n\r\n')
                 else:
-                    conn.sendall(get_reply(base64.b64encode(content), name=rest.decode()))
+                    conn.sendall(get_reply(self.reply_text(content), name=rest.decode()))
             elif command == b"DELETE":
                 with self.lock:
                     found = self.store.pop(rest.decode(), None)
@@ -320,18 +340,59 @@ class CorruptingServer:
 
 class StressCountsCorruptionTest(_StressAssertions):
 
-    def corrupting(self, mangle: str = "flip", report: bool = False) -> CorruptingServer:
-        server = CorruptingServer(mangle, report)
+    def corrupting(self, mangle: str = "flip", report: bool = False,
+                   reply_text: Callable[[bytes], bytes] = base64.b64encode) -> CorruptingServer:
+        server = CorruptingServer(mangle, report, reply_text)
         self.addCleanup(self.assertEqual, server.fake.errors, [], "the fake server itself failed")
         self.addCleanup(server.stop)
         return server
 
-    def stress(self, server: CorruptingServer, op: str, pool: str) -> dict:
+    def stress(self, server: CorruptingServer, op: str, pool: str, client_work: str = "verify") -> dict:
         result = self.result_of(run_stress(["--timeout", "20"], STRESS_OP=op, FILE_SIZE_MB=SIZE_MB,
-                                           CLIENT_POOL=str(CLIENTS), CLIENT_POOL_TYPE=pool,
+                                           CLIENT_POOL=str(CLIENTS), CLIENT_POOL_TYPE=pool, CLIENT_WORK=client_work,
                                            SERVER_HOST=HOST, SERVER_PORT=str(server.port)))
         self.assertIsNone(result["server_succeeded"])     # the fake has no STATS
+        self.assertEqual(result["client_work"], client_work)
         return result
+
+    def assertCorruptAt(self, reply_text: Callable[[bytes], bytes], offset: int, words: str) -> None:
+        """A GET reply whose text is ``reply_text(content)`` fails every client as corrupt at ``offset``."""
+        result = self.stress(self.corrupting("none", reply_text=reply_text), "download", "thread")
+        self.assertAllFailed(result, "corrupt")
+        example = result["errors"]["corrupt"]["example"]
+        self.assertRegex(example, rf"offset {offset}\b")
+        self.assertIn(words, example)
+
+    def test_download_with_one_changed_character_fails_at_its_offset(self) -> None:
+        def changed(content: bytes) -> bytes:
+            text = bytearray(base64.b64encode(content))
+            text[1000] = ord("B") if text[1000] == ord("A") else ord("A")
+            return bytes(text)
+        self.assertCorruptAt(changed, 1000, "differs")
+
+    def test_download_line_wrapped_as_json_escapes_fails_where_the_first_line_ends(self) -> None:
+        # What json.dumps makes of base64.encodebytes(): 76 characters, then the escape \n.
+        self.assertCorruptAt(lambda content: base64.encodebytes(content).replace(b"\n", b"\\n"), 76, "escape")
+
+    def test_download_line_wrapped_with_raw_newlines_fails_where_the_first_line_ends(self) -> None:
+        self.assertCorruptAt(base64.encodebytes, 76, "differs")
+
+    def test_download_with_escaped_slashes_fails_at_the_first_slash(self) -> None:
+        first_slash = stress_base64().index(b"/")
+        self.assertCorruptAt(lambda content: base64.b64encode(content).replace(b"/", b"\\/"), first_slash, "escape")
+
+    def test_download_with_truncated_text_fails_where_it_ends(self) -> None:
+        size = len(stress_base64())
+        self.assertCorruptAt(lambda content: base64.b64encode(content)[:-4], size - 4, "ends")
+
+    def test_download_with_extra_characters_fails_where_the_content_should_end(self) -> None:
+        size = len(stress_base64())
+        self.assertCorruptAt(lambda content: base64.b64encode(content) + b"AAAA", size, "past")
+
+    def test_download_of_the_exact_text_succeeds(self) -> None:
+        """The same fake, sending the canonical text: the failures above are the changes, not the fake."""
+        result = self.stress(self.corrupting("none"), "download", "thread")
+        self.assertEqual((result["succeed"], result["failed"]), (CLIENTS, 0), result["errors"])
 
     def test_download_of_changed_bytes_thread_pool(self) -> None:
         server = self.corrupting("flip")
@@ -356,10 +417,122 @@ class StressCountsCorruptionTest(_StressAssertions):
         self.assertAllFailed(self.stress(server, "upload", "thread"), "corrupt")
 
     def test_upload_kept_whole_by_a_server_without_a_checksum_reply_succeeds(self) -> None:
-        """The read-back of unconfirmed uploads passes when the server kept every byte."""
-        server = self.corrupting("none", report=False)
-        result = self.stress(server, "upload", "thread")
-        self.assertEqual((result["succeed"], result["failed"]), (CLIENTS, 0), result["errors"])
+        """The read-back of unconfirmed uploads passes when the server kept every byte
+        (sent with sendfile, then with the decoding clients)."""
+        for client_work in ("verify", "decode"):
+            with self.subTest(client_work):
+                server = self.corrupting("none", report=False)
+                result = self.stress(server, "upload", "process", client_work)
+                self.assertEqual((result["succeed"], result["failed"]), (CLIENTS, 0), result["errors"])
+                self.assertEqual(len([n for n in server.store if n.startswith("stress-upload")]), 0)
+
+
+# ---------------------------------------------------------------------- the cheap client's pieces
+
+class CanonicalEncodingTest(unittest.TestCase):
+
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory(prefix="loadgen-test-")
+        self.addCleanup(tmp.cleanup)
+        self.content = os.path.join(tmp.name, "content.bin")
+
+    def write_content(self, data: bytes) -> str:
+        with open(self.content, "wb") as f:
+            f.write(data)
+        return hashlib.sha256(data).hexdigest()
+
+    def assertEncodes(self, data: bytes, sha256: str) -> str:
+        encoding = canonical_encoding(self.content, sha256)
+        with open(encoding.path, "rb") as f:
+            self.assertEqual(f.read(), base64.b64encode(data))
+        self.assertEqual((encoding.size, encoding.content_size, encoding.content_sha256),
+                         (len(base64.b64encode(data)), len(data), sha256))
+        return encoding.path
+
+    def test_built_once_then_rebuilt_whenever_it_does_not_match_its_content(self) -> None:
+        data = bytes(range(256)) * 700 + b"\xfb\xff"           # 179,202 bytes: more than one piece, padded
+        sha256 = self.write_content(data)
+        path = self.assertEncodes(data, sha256)
+        built = os.stat(path).st_mtime_ns
+        self.assertEncodes(data, sha256)
+        self.assertEqual(os.stat(path).st_mtime_ns, built, "a matching encoding was rebuilt")
+        with open(path, "r+b") as f:                          # one character changed
+            f.seek(5000)
+            f.write(b"A" if f.read(1) != b"A" else b"B")
+        self.assertEncodes(data, sha256)
+        with open(path, "ab") as f:                           # longer than it should be
+            f.write(b"AAAA")
+        self.assertEncodes(data, sha256)
+        other = data[::-1]                                    # the content itself changed
+        self.assertEncodes(other, self.write_content(other))
+        os.unlink(path + ".sha256")                           # no record of it
+        self.assertEncodes(other, hashlib.sha256(other).hexdigest())
+
+
+class VerifiedReplyTest(unittest.TestCase):
+    """The download check fed every way a reply can be cut into receives."""
+
+    DATA = bytes(range(200, 256)) + b"\xfc\xff"            # its base64 has '/' and '+' and ends in '='
+
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory(prefix="loadgen-test-")
+        self.addCleanup(tmp.cleanup)
+        content = os.path.join(tmp.name, "content.bin")
+        with open(content, "wb") as f:
+            f.write(self.DATA)
+        self.encoding = canonical_encoding(content, hashlib.sha256(self.DATA).hexdigest())
+        self.expected = open(self.encoding.path, "rb")
+        self.addCleanup(self.expected.close)
+
+    def check(self, reply: bytes, pieces: list[bytes]) -> tuple[_VerifiedReply, dict]:
+        verified, parser, fields = _VerifiedReply(self.expected.fileno(), self.encoding.size), ReplyParser(), {}
+        for piece in pieces:
+            self.assertFalse(verified.done)
+            buffer = bytearray(piece) + b"~" * 7      # what lies past the received length is never read
+            verified.feed(parser, buffer, len(piece), fields)
+        self.assertTrue(verified.done, reply)
+        return verified, fields
+
+    def every_split(self, reply: bytes):
+        """The reply whole, and cut in two and in three at every pair of places."""
+        yield [reply]
+        for i in range(1, len(reply)):
+            for j in range(i, len(reply)):
+                yield [piece for piece in (reply[:i], reply[i:j], reply[j:]) if piece]
+
+    def test_the_exact_text_passes_however_it_arrives(self) -> None:
+        text = base64.b64encode(self.DATA)
+        for key in ("data_file", "data"):
+            reply = get_reply(text, key=key)
+            for pieces in self.every_split(reply):
+                verified, fields = self.check(reply, pieces)
+                self.assertEqual(fields["status"], "OK")
+                self.assertIsNone(verified.content().error, pieces)
+                self.assertEqual(verified.content().key, key)
+
+    def test_a_difference_is_found_at_its_offset_however_it_arrives(self) -> None:
+        text = base64.b64encode(self.DATA)
+        slash = text.index(b"/")
+        cases = [(text[:10] + (b"B" if text[10:11] == b"A" else b"A") + text[11:], 10, "differs"),
+                 (text.replace(b"/", b"\\/"), slash, "escape"),
+                 (text[:20] + b"\\n" + text[20:], 20, "escape"),
+                 (text[:-1], len(text) - 1, "ends"),
+                 (text + b"=", len(text), "past")]
+        for bad, offset, words in cases:
+            reply = get_reply(bad)
+            for pieces in self.every_split(reply):
+                verified, _ = self.check(reply, pieces)
+                error = verified.content().error
+                self.assertIsNotNone(error, pieces)
+                self.assertRegex(error, rf"offset {offset}\b")
+                self.assertIn(words, error)
+
+    def test_an_error_reply_keeps_its_message(self) -> None:
+        reply = b'{"status": "ERROR", "data": "file not found: a \\"quoted\\" name"}\r\n\r\n'
+        for pieces in self.every_split(reply):
+            verified, fields = self.check(reply, pieces)
+            self.assertEqual(fields["status"], "ERROR")
+            self.assertEqual(verified.message(), 'file not found: a "quoted" name')
 
 
 if __name__ == "__main__":
