@@ -106,15 +106,18 @@ def path_of(root: str, name: str) -> str:
 def list_names(root: str) -> list[str]:
     """The regular files a client may ask for, sorted."""
     names = []
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                protocol.validate_name(entry.name)
-            except protocol.ProtocolError:
-                continue       # temporary uploads and names nobody could ask for
-            names.append(entry.name)
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    protocol.validate_name(entry.name)
+                except protocol.ProtocolError:
+                    continue       # temporary uploads and names nobody could ask for
+                names.append(entry.name)
+    except OSError as exc:         # the folder was removed, replaced by a file, made unreadable...
+        raise FileError(f"cannot list the served folder: {exc.strerror or exc}") from None
     return sorted(names)
 
 
