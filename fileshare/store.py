@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import stat
 import tempfile
@@ -19,6 +20,8 @@ from typing import BinaryIO, Iterator
 from . import protocol
 from .protocol import StrictBase64Decoder
 from .streaming import HashingWriter
+
+log = logging.getLogger("fileserver")
 
 
 class FileError(Exception):
@@ -187,4 +190,6 @@ def remove_temp_files(root: str, tag: str | None = None) -> int:
             removed += 1
         except FileNotFoundError:
             pass
+        except OSError as exc:     # a directory of that name, a read-only folder: serve anyway
+            log.warning("cannot remove upload leftover %s: %s; left in place", path, exc.strerror or exc)
     return removed
