@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from fileshare.chart import write_chart
-from fileshare.cli import positive_float, positive_int
+from fileshare.cli import positive_int, size_mib, timeout_seconds
 from fileshare.harness import ServerProcess, ServerStartError, run_in_group, script_path
 
 log = logging.getLogger("run_experiment")
@@ -359,12 +359,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-workers", type=_list_of(int), help="server pool sizes (default: 1,5,50)")
     p.add_argument("--client-workers", type=_list_of(int), help="concurrent clients (default: 1,5,50)")
     p.add_argument("--ops", type=_list_of(str, {"download", "upload"}), help="operations (default: download,upload)")
-    p.add_argument("--sizes", type=_list_of(float), help="file sizes in MB (default: 10,50,100)")
+    p.add_argument("--sizes", type=_list_of(size_mib), help="file sizes in MB (default: 10,50,100)")
     p.add_argument("--client-pool-type", choices=["thread", "process"], default="thread",
                    help="how stress_test runs its clients (default: %(default)s)")
     p.add_argument("--output", default="results.csv", help="CSV to write; the JSON Lines and SVG go beside it "
                                                            "(default: %(default)s)")
-    p.add_argument("--timeout", type=positive_float, default=300.0,
+    p.add_argument("--timeout", type=timeout_seconds, default=300.0,
                    help="seconds one stress test may take before it is killed and its clients count as "
                         "failed (default: %(default)s)")
     p.add_argument("--repeat", type=positive_int, default=1,
