@@ -131,7 +131,7 @@ class ReplyParserStrictnessTest(unittest.TestCase):
                     ReplyParser(stream_keys=stream_keys).feed(twice)
 
     def test_streamed_escapes_are_exactly_four_hex_digits(self) -> None:
-        for escape in (rb"\u-001", rb"\u 44", rb"\u+041", rb"\u0x41", rb"\u_041", rb"\u12"):
+        for escape in (rb"\u-001", rb"\u 44", rb"\u 044", rb"\u+041", rb"\u0x41", rb"\u_041", rb"\u12"):
             reply = b'{"status": "OK", "data_file": "QUJ' + escape + b'"}' + TERMINATOR
             for piece in (1, len(reply)):
                 with self.subTest(escape=escape, piece=piece):
@@ -312,7 +312,7 @@ class HostileRepliesTest(unittest.TestCase):
         self.assertCorrupt(self.client(self.fake(deep_stats)).stats)
 
     def test_get_reply_with_escapes_json_does_not_allow(self) -> None:
-        for escape in (rb"\u-001", rb"\u 44"):
+        for escape in (rb"\u-001", rb"\u 44", rb"\u 044"):
             with self.subTest(escape=escape):
                 server = self.fake(get_reply(b"QUJ" + escape))
                 self.assertCorrupt(lambda: self.client(server).get("x.bin", DiscardingSink()))
