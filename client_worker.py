@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from fileshare.cli import positive_float, remote_port
+from fileshare.cli import remote_port, timeout_seconds
 from fileshare.client import (DEFAULT_HOST, DEFAULT_PORT, ClientError, DiscardingSink, FileClient,  # noqa: F401
                               Progress, TransferResult)
 
@@ -62,7 +62,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="server address (default: %(default)s)")
     parser.add_argument("--port", type=remote_port, default=os.environ.get("SERVER_PORT", str(DEFAULT_PORT)),
                         help="server port (default: %(default)s)")
-    parser.add_argument("--timeout", type=positive_float, default=60.0,
+    parser.add_argument("--timeout", type=timeout_seconds, default=60.0,
                         help="seconds to wait on any read or write (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="list the files on the server")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
-from fileshare.cli import positive_float, positive_int
+from fileshare.cli import positive_int, size_mib, timeout_seconds
 from fileshare.harness import ServerProcess, ServerStartError, run_in_group, script_path
 from fileshare.report import (CSV_COLUMNS, ReportError, aggregate_table, compare_summary, compare_table, csv_key,
                               csv_row, key_texts, load_run, run_labels, write_compare, write_report)
@@ -367,7 +367,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-workers", type=_list_of(int), help="server pool sizes (default: 1,5,50)")
     p.add_argument("--client-workers", type=_list_of(int), help="concurrent clients (default: 1,5,50)")
     p.add_argument("--ops", type=_list_of(str, {"download", "upload"}), help="operations (default: download,upload)")
-    p.add_argument("--sizes", type=_list_of(float), help="file sizes in MB (default: 10,50,100)")
+    p.add_argument("--sizes", type=_list_of(size_mib), help="file sizes in MB (default: 10,50,100)")
     p.add_argument("--client-pool-type", choices=["thread", "process"], default="thread",
                    help="how stress_test runs its clients (default: %(default)s)")
     p.add_argument("--client-work", choices=["verify", "decode"], default="verify",
@@ -377,7 +377,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help=f"CSV to write; the JSON Lines, SVG and Markdown go beside it (default: "
                                     f"{DEFAULT_OUTPUT} for the full sweep, {NARROWED_OUTPUT} for any other; with "
                                     "--compare: the Markdown to write, default compare.md)")
-    p.add_argument("--timeout", type=positive_float, default=300.0,
+    p.add_argument("--timeout", type=timeout_seconds, default=300.0,
                    help="seconds one stress test may take before it is killed and its clients count as "
                         "failed (default: %(default)s)")
     p.add_argument("--repeat", type=positive_int, default=1,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from client_worker import ClientError, DiscardingSink, FileClient
+from fileshare.cli import MAX_SECONDS, timeout_seconds
 from fileshare.loadgen import CanonicalEncoding, VerifyingClient, canonical_encoding
 
 log = logging.getLogger("stress_test")
@@ -126,11 +127,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     if not 0 < port < 65536:
         raise SettingsError(f"SERVER_PORT must be a port number (1-65535), not {port_text!r}")
     try:
-        timeout = float(args.timeout)
+        timeout = timeout_seconds(args.timeout)
     except ValueError:
-        timeout = 0
-    if not timeout > 0:
-        raise SettingsError(f"--timeout must be a positive number of seconds, not {args.timeout!r}")
+        raise SettingsError(f"--timeout must be a number of seconds above 0 and at most {MAX_SECONDS}, "
+                            f"not {args.timeout!r}") from None
     if round(size_mb * MIB) < 1:
         raise SettingsError(f"FILE_SIZE_MB={size_text} is less than one byte")
     client_work = _setting(args.client_work, "CLIENT_WORK", "verify").strip().lower()

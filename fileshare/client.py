@@ -215,10 +215,13 @@ class FileClient:
         try:
             self._send(build_request("GET", _checked_name(name)))
             fields = self._receive(sink)
+            sink.finish()
+        except OSError as exc:          # socket errors are ClientErrors already: this is the local side
+            sink.abort()
+            raise ClientError("other", f"GET {name}: cannot write the download: {exc.strerror or exc}") from None
         except BaseException:
             sink.abort()
             raise
-        sink.finish()
         seconds = time.perf_counter() - started
         _raise_for_status(fields, sink.message())
         if sink.key is None:
@@ -228,6 +231,8 @@ class FileClient:
         return TransferResult(name, sink.size, seconds, sink.sha256)
 
     def _get_to_path(self, name: str, path: str, progress: Progress) -> TransferResult:
+        if os.path.isdir(path):         # found out now, not after the whole download
+            raise ClientError("other", f"cannot write {path}: it is a directory")
         folder = os.path.dirname(os.path.abspath(path))
         try:
             out = AtomicFile(folder, f".{os.path.basename(path)}.", ".part", "w+b")
@@ -236,6 +241,9 @@ class FileClient:
         try:
             result = self.get(name, out.file, progress)
             out.publish(path)
+        except OSError as exc:          # publishing: a directory appeared there meanwhile, say
+            out.discard()
+            raise ClientError("other", f"cannot write {path}: {exc.strerror or exc}") from None
         except BaseException:
             out.discard()
             raise
@@ -279,6 +287,9 @@ class FileClient:
             if reply is not None:
                 _raise_for_status(reply, str(reply.get("data", "")))
             raise send_error
+        except OSError as exc:          # reading the source (socket errors are ClientErrors already)
+            self.close()                # half a request is out: the connection is no use
+            raise ClientError("other", f"UPLOAD {name}: cannot read the content: {exc.strerror or exc}") from None
         reply = self._receive(None)
         seconds = time.perf_counter() - started
         _raise_for_status(reply, str(reply.get("data", "")))

@@ -131,7 +131,9 @@ class StrictBase64Decoder:
             out = binascii.a2b_base64(text, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise ProtocolError(f"invalid base64: {exc}") from None
-        if b"=" in text[-4:-2]:     # binascii lets a group of nothing but padding through
+        # binascii lets a group of nothing but padding through.  Compare bytes: ``in`` on a
+        # memoryview looks for the integer, never for b"=", and the parsers pass memoryviews.
+        if b"=" in bytes(text[-4:-2]):
             raise ProtocolError("invalid base64: too much padding")
         if text[-1:] == b"=":
             self._padded = True

@@ -21,6 +21,11 @@ from .protocol import TERMINATOR, ProtocolError
 CONTENT_KEYS = frozenset({"data_file", "data"})
 # Largest reply value that is buffered whole (a LIST of many names, a message).
 MAX_SMALL_VALUE = 16 * 1024 * 1024
+# Largest total of a reply's buffered keys and values: without it, many values each under
+# MAX_SMALL_VALUE could take a client's memory anywhere.  Streamed content does not count.
+MAX_REPLY_KEPT = 32 * 1024 * 1024
+# Deepest nesting of a buffered value; json.loads recurses, and no real reply nests.
+MAX_DEPTH = 100
 
 
 class ReplyState(enum.Enum):
@@ -71,6 +76,7 @@ ReplyEvent = Union[ReplyField, ContentStart, ContentData, ContentEnd, ReplyEnd]
 _WHITESPACE = b" \t\r\n"
 _STRING_SPECIAL = re.compile(rb'["\\]')
 _VALUE_SPECIAL = re.compile(rb'["\[\]{},\s]')
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b",
                    ord("f"): b"\f", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}
 
@@ -81,13 +87,19 @@ class ReplyParser:
     String values of ``stream_keys`` come out in pieces (:class:`ContentStart`,
     :class:`ContentData`..., :class:`ContentEnd`) so a file of any size passes
     through in bounded memory; every other value is buffered (up to
-    ``max_value`` bytes) and comes out decoded as a :class:`ReplyField`.
+    ``max_value`` bytes, ``max_total`` for the whole reply, nested at most
+    ``MAX_DEPTH`` deep) and comes out decoded as a :class:`ReplyField`.  A key
+    given twice is refused: its values would be merged or one silently lost.
     After :class:`ReplyEnd`, :attr:`leftover` holds any bytes that followed.
     """
 
-    def __init__(self, stream_keys: Iterable[str] = CONTENT_KEYS, max_value: int = MAX_SMALL_VALUE) -> None:
+    def __init__(self, stream_keys: Iterable[str] = CONTENT_KEYS, max_value: int = MAX_SMALL_VALUE,
+                 max_total: int = MAX_REPLY_KEPT) -> None:
         self.stream_keys = frozenset(stream_keys)
         self.max_value = max_value
+        self.max_total = max_total
+        self._kept = 0                  # bytes of keys and small values buffered so far
+        self._keys: set[str] = set()
         self.leftover = b""
         self.done = False
         self._state = ReplyState.OPEN
@@ -211,6 +223,8 @@ class ReplyParser:
             elif byte in b"[{":
                 self._depth += 1
                 pos += 1
+                if self._depth > MAX_DEPTH:
+                    raise ProtocolError(f"malformed reply: a value nested more than {MAX_DEPTH} levels deep")
             elif byte in b"]}":
                 if self._depth == 0:        # the '}' closing the reply ends a scalar
                     complete = True
@@ -228,6 +242,10 @@ class ReplyParser:
         self._token += data[start:pos]
         if len(self._token) > self.max_value:
             raise ProtocolError(f"a reply value is longer than {self.max_value} bytes")
+        self._kept += pos - start
+        if self._kept > self.max_total:
+            raise ProtocolError(f"the reply's fields add up to more than {self.max_total} bytes "
+                                f"({self.max_total / (1024 * 1024):g} MiB)")
         if not complete:
             return pos
         try:
@@ -237,6 +255,9 @@ class ReplyParser:
         if self._state is ReplyState.KEY:
             if not isinstance(value, str):
                 raise ProtocolError("malformed reply: a field name must be a string")
+            if value in self._keys:
+                raise ProtocolError(f"malformed reply: the field {value[:60]!r} appears twice")
+            self._keys.add(value)
             self._key = value
             self._state = ReplyState.COLON
         else:
@@ -287,10 +308,9 @@ class ReplyParser:
             except KeyError:
                 raise ProtocolError(f"malformed reply: bad escape {escape!r}") from None
             return pos
-        try:
-            code = int(escape[2:], 16)
-        except ValueError:
-            raise ProtocolError(f"malformed reply: bad escape {escape!r}") from None
+        if not _HEX_DIGITS.issuperset(escape[2:]):     # int(..., 16) would take signs, spaces, '_'
+            raise ProtocolError(f"malformed reply: bad escape {escape!r}")
+        code = int(escape[2:], 16)
         if 0xDC00 <= code < 0xE000 and self._high_surrogate is not None:
             code = 0x10000 + ((self._high_surrogate - 0xD800) << 10) + (code - 0xDC00)
             self._high_surrogate = None

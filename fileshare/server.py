@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from .cli import port_number, positive_float, positive_int
+from .cli import grace_seconds, port_number, positive_int, size_mib, timeout_seconds
 from .state import RequestCounters, ServerContext, StopFlag
 from .store import remove_temp_files
 
@@ -68,12 +68,12 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
                         help="size of the worker pool (default: %(default)s)")
     parser.add_argument("--root", default=env("FILES_DIR", str(DEFAULT_ROOT)),
                         help="folder to serve, created if missing (default: %(default)s)")
-    parser.add_argument("--timeout", type=positive_float, default=60.0,
+    parser.add_argument("--timeout", type=timeout_seconds, default=60.0,
                         help="seconds a connection may stay silent or stall before it is closed "
                              "(default: %(default)s)")
-    parser.add_argument("--max-upload-mb", type=positive_float, default=1024.0,
+    parser.add_argument("--max-upload-mb", type=size_mib, default=1024.0,
                         help="largest upload accepted, in MiB (default: %(default)s)")
-    parser.add_argument("--grace", type=float, default=5.0,
+    parser.add_argument("--grace", type=grace_seconds, default=5.0,
                         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging detail on stderr (default: %(default)s)")

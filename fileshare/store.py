@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import stat
 import tempfile
@@ -19,6 +20,8 @@ from typing import BinaryIO, Iterator
 from . import protocol
 from .protocol import StrictBase64Decoder
 from .streaming import HashingWriter
+
+log = logging.getLogger("fileserver")
 
 
 class FileError(Exception):
@@ -106,15 +109,18 @@ def path_of(root: str, name: str) -> str:
 def list_names(root: str) -> list[str]:
     """The regular files a client may ask for, sorted."""
     names = []
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                protocol.validate_name(entry.name)
-            except protocol.ProtocolError:
-                continue       # temporary uploads and names nobody could ask for
-            names.append(entry.name)
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    protocol.validate_name(entry.name)
+                except protocol.ProtocolError:
+                    continue       # temporary uploads and names nobody could ask for
+                names.append(entry.name)
+    except OSError as exc:         # the folder was removed, replaced by a file, made unreadable...
+        raise FileError(f"cannot list the served folder: {exc.strerror or exc}") from None
     return sorted(names)
 
 
@@ -184,4 +190,6 @@ def remove_temp_files(root: str, tag: str | None = None) -> int:
             removed += 1
         except FileNotFoundError:
             pass
+        except OSError as exc:     # a directory of that name, a read-only folder: serve anyway
+            log.warning("cannot remove upload leftover %s: %s; left in place", path, exc.strerror or exc)
     return removed
