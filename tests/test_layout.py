@@ -19,7 +19,7 @@ LAYERS = [
     {"cli", "protocol"},
     {"replies", "streaming", "chart"},
     {"store", "state"},
-    {"connection", "client", "handoff"},
+    {"connection", "client", "handoff", "idle"},
     {"server", "thread_pool", "process_pool"},
     {"harness"},
 ]
