@@ -113,8 +113,8 @@ class IdleConnections:
         due = []
         while self._deadlines and self._deadlines[0][0] <= now:
             check_at, _, waiting = heapq.heappop(self._deadlines)
-            if check_at != waiting.check_at or waiting.sock not in self._by_arrival:
-                continue                # rescheduled since, or gone
+            if not self._current(check_at, waiting):
+                continue
             if waiting.parser is None:
                 self._close(waiting, f"idle for {self._timeout:g} s")
             elif now >= waiting.first_byte_at + self._timeout:
@@ -130,7 +130,7 @@ class IdleConnections:
     def seconds_to_next_deadline(self) -> float | None:
         while self._deadlines:
             check_at, _, waiting = self._deadlines[0]
-            if check_at == waiting.check_at and waiting.sock in self._by_arrival:
+            if self._current(check_at, waiting):
                 return max(0.0, check_at - time.monotonic())
             heapq.heappop(self._deadlines)      # stale: drop it here, so the heap stays small
         return None
@@ -155,6 +155,11 @@ class IdleConnections:
             self._close(waiting, "server stopping")
         return len(everyone)
 
+    def _current(self, check_at: float, waiting: Waiting) -> bool:
+        """False for a deadline since moved, or of a wait that is over (the same socket may be
+        back, waiting for its next request)."""
+        return check_at == waiting.check_at and self._by_arrival.get(waiting.sock) is waiting
+
     def _schedule(self, waiting: Waiting) -> None:
         if waiting.parser is None:
             check_at = waiting.since + self._timeout
@@ -176,11 +181,18 @@ class IdleConnections:
         self._selector.unregister(waiting.sock)
         del self._by_arrival[waiting.sock]
         if waiting.head:
-            log.info("closing a connection in the middle of a request: %s", why)
+            log.info("%s: closing a connection in the middle of a request: %s", _peer(waiting.sock), why)
             self._counters.unanswered(waiting.head)
         else:
-            log.debug("closing an idle connection: %s", why)
+            log.debug("%s: closing an idle connection: %s", _peer(waiting.sock), why)
         waiting.sock.close()
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return "%s:%s" % sock.getpeername()[:2]
+    except OSError:
+        return "?"
 
 
 class HandBacks:
