@@ -188,6 +188,15 @@ class IdleConnections:
         waiting.sock.close()
 
 
+def drain_wakeups(sock: socket.socket) -> None:
+    """Read every pending wake-up byte from the non-blocking ``sock``."""
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
 def _peer(sock: socket.socket) -> str:
     try:
         return "%s:%s" % sock.getpeername()[:2]
@@ -222,11 +231,7 @@ class HandBacks:
                 pass                   # the loop has wake-ups pending already
 
     def take(self) -> Iterator[tuple[socket.socket, bytes]]:
-        try:
-            while self._read.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        drain_wakeups(self._read)
         while self._items:
             yield self._items.popleft()
 

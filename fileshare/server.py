@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from .cli import port_number, positive_float, positive_int
-from .idle import HandBacks, IdleConnections
+from .idle import HandBacks, IdleConnections, drain_wakeups
 from .state import RequestCounters, ServerContext, StopFlag
 from .store import remove_temp_files
 
@@ -257,7 +257,7 @@ class _Loop:
             if key.fileobj is self.listener:
                 self._accept()
             elif key.fileobj is self.stop.wakeup:
-                _drain(self.stop.wakeup)
+                drain_wakeups(self.stop.wakeup)
             elif key.fileobj is self.hand_backs.wakeup:
                 for conn, beyond in self.hand_backs.take():
                     self._handed_back(conn, beyond)
@@ -299,14 +299,6 @@ class _Loop:
         future = self.dispatcher.dispatch(conn, head)
         self.in_flight.add(future)
         future.add_done_callback(self.in_flight.discard)
-
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(4096):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
 
 
 def main_for(make_dispatcher: Callable[[], Dispatcher], description: str) -> None:

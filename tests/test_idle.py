@@ -14,21 +14,16 @@ import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 import unittest
 from contextlib import ExitStack
-from pathlib import Path
 
 from tests.support import (TERMINATOR, Client, RunningServer, build, decode_reply, send_command,
-                           wait_until)
-from tests.test_servers import start_slow_get, write_big_file
+                           trickle_until_closed, wait_until)
+from tests.test_servers import OLD, ServerTestsMixin, start_slow_get, write_big_file
 
 from fileshare.protocol import (Request, RequestParser, UploadData, UploadEnd, UploadStart, requests_begun,
                                 unterminated_request)
-
-OLD = b"old content that must survive\n"
-
 
 class SansIOTests(unittest.TestCase):
     def test_feed_request_stops_after_one_request(self) -> None:
@@ -79,30 +74,20 @@ class SansIOTests(unittest.TestCase):
 
 class IdleTestsMixin:
     KIND = ""
+    # The servers' tests' fixtures, without their tests.
+    start_server = ServerTestsMixin.start_server
+    put = ServerTestsMixin.put
+    assert_ok = ServerTestsMixin.assert_ok
+    assert_serving = ServerTestsMixin.assert_serving      # LIST and GET on new connections
 
     def setUp(self) -> None:
-        tmp = tempfile.TemporaryDirectory(prefix=f"idle-{self.KIND}-")
-        self.addCleanup(tmp.cleanup)
-        self.root = Path(tmp.name)
-        (self.root / "keep").write_bytes(OLD)
-
-    def start_server(self, workers: int = 2, extra_args=()) -> RunningServer:
-        server = RunningServer(self.KIND, self.root, workers=workers, extra_args=list(extra_args))
-        server.start()
-        self.addCleanup(server.close)
-        return server
+        ServerTestsMixin.setUp(self)
+        self.put("keep", OLD)
 
     def crowd(self, server: RunningServer, count: int) -> list[Client]:
         stack = ExitStack()
         self.addCleanup(stack.close)
         return [stack.enter_context(server.connect()) for _ in range(count)]
-
-    def assert_serving(self, server: RunningServer, timeout: float = 5.0) -> None:
-        """LIST and GET on new connections, answered well within the server's --timeout."""
-        self.assertIsNone(server.proc.poll(), "server died:\n" + server.stderr_text()[-3000:])
-        self.assertIn("keep", send_command(server, "LIST", timeout=timeout)["data"])
-        got = send_command(server, "GET", "keep", timeout=timeout)
-        self.assertEqual(base64.b64decode(got["data_file"]), OLD)
 
     def stats(self, server: RunningServer) -> dict:
         return send_command(server, "STATS")["data"]
@@ -197,17 +182,9 @@ class IdleTestsMixin:
         with server.connect() as idle, server.connect() as kept, server.connect() as slow:
             self.assertEqual(kept.command("LIST")["status"], "OK")
             started = time.monotonic()
-            closed = False
-            for byte in b"UPLOAD name-too-slow":      # never silent for 1 s; the head as a whole is late
-                try:
-                    slow.send(bytes([byte]))
-                except OSError:
-                    closed = True
-                    break
-                if slow.wait_closed(0.3):
-                    closed = True
-                    break
-            self.assertTrue(closed, "a trickled head outlived --timeout")
+            # Never silent for 1 s, but the head as a whole is late.
+            self.assertTrue(trickle_until_closed(slow, b"UPLOAD name-too-slow", 0.3),
+                            "a trickled head outlived --timeout")
             self.assertLess(time.monotonic() - started, 4)
             self.assertTrue(idle.wait_closed(5), "a silent new connection was not closed")
             self.assertTrue(kept.wait_closed(5), "an idle kept-alive connection was not closed")
