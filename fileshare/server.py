@@ -247,8 +247,10 @@ class _Loop:
         while (self.in_flight or len(self.idle)) and time.monotonic() < deadline:
             self._turn(min(STOPPING_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         cut = self.idle.close_all()
-        if self.in_flight or cut:
-            log.warning("grace period over: closing %d connections still open", len(self.in_flight) + cut)
+        if cut:
+            log.warning("grace period over: closed %d connections whose request had not fully arrived", cut)
+        if self.in_flight:
+            log.warning("grace period over: closing %d connections still open", len(self.in_flight))
             self.dispatcher.force_close()
             concurrent.futures.wait(set(self.in_flight), timeout=AFTER_FORCE_SECONDS)
 

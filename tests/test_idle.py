@@ -20,7 +20,7 @@ from contextlib import ExitStack
 
 from tests.support import (TERMINATOR, Client, RunningServer, build, decode_reply, send_command,
                            trickle_until_closed, wait_until)
-from tests.test_servers import OLD, ServerTestsMixin, start_slow_get, write_big_file
+from tests.test_servers import OLD, ServerTestsMixin, write_big_file
 
 from fileshare.protocol import (Request, RequestParser, UploadData, UploadEnd, UploadStart, requests_begun,
                                 unterminated_request)
@@ -236,26 +236,36 @@ class IdleTestsMixin:
     # ------------------------------------------------------------------ stopping
 
     def test_sigterm_with_many_idle_connections(self) -> None:
+        """Idle connections are closed at once; a request partly received still gets the grace."""
         server = self.start_server(workers=2, extra_args=["--grace", "20"])
         silent = self.crowd(server, 100)
         kept = self.crowd(server, 10)
         for client in kept:
             self.assertEqual(client.command("LIST")["status"], "OK")
         self.assert_serving(server)
-        with server.connect() as slow:
-            slow_get = start_slow_get(server.address, "keep")   # a request in flight, answered
-            self.addCleanup(slow_get.close)
+        with server.connect() as partial:
+            partial.send(b"GET ke")
+            self.assertTrue(wait_until(lambda: self.stats_connections(server) >= 114, 5))
             started = time.monotonic()
             server.signal(signal.SIGTERM)
+            self.assertTrue(wait_until(lambda: "stopping (signal" in server.stderr_text(), 5))
+            for client in silent[:5] + kept[:5]:
+                self.assertTrue(client.wait_closed(2), "an idle connection was left open")
+            partial.send(b"ep" + TERMINATOR)
+            reply = decode_reply(partial.recv_reply(5))
+            self.assertEqual(base64.b64decode(reply["data_file"]), OLD, "a request partly received was dropped")
+            self.assertTrue(partial.wait_closed(2), "connection not closed after its request, while stopping")
             try:
                 returncode = server.wait(10)
             except subprocess.TimeoutExpired:
                 self.fail("server still running 10 s after SIGTERM:\n" + server.stderr_text()[-3000:])
-            self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
-            self.assertLess(time.monotonic() - started, 8, "idle connections held the stop for the grace")
-            for client in silent[:5] + kept[:5] + [slow]:
-                self.assertTrue(client.wait_closed(2), "an idle connection was left open")
+        self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
+        self.assertLess(time.monotonic() - started, 8, "the stop waited for the grace period")
         self.assertNotIn("Traceback", server.stderr_text())
+
+    def stats_connections(self, server: RunningServer) -> int:
+        """Connections accepted so far, the STATS connection asking included."""
+        return self.stats(server)["connections"]
 
 
 class ThreadIdleTests(IdleTestsMixin, unittest.TestCase):
