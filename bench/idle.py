@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: fresh requests beside a crowd of idle, trickling and keep-alive connections.
 
-    python bench/idle.py              # both servers, --workers 5; about 40 seconds
+    python bench/idle.py              # both servers, --workers 5; about 10 seconds
     python bench/idle.py --quick      # a small crowd, a few seconds: shows the bench works
 
 For each server it opens the crowd first and keeps it open throughout: N

@@ -9,7 +9,6 @@ server still serves.  Also the sans-IO pieces the loop relies on.
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import socket
 import struct
