@@ -97,8 +97,7 @@ def _download(port: int, name: str, expected: str, results) -> None:
 
 def measure(model: str, args: argparse.Namespace, root: str, name: str, digest: str) -> dict:
     with tempfile.TemporaryFile() as stderr, \
-            ServerProcess(model, root, args.workers, stderr=stderr) as server:
-        server.start()
+            ServerProcess(model, root, args.workers, stderr=stderr) as server:     # started, and stopped at the end
         port = server.port
         log.info("%s: opening %d silent, %d trickling and %d keep-alive connections",
                  model, args.silent, args.tricklers, args.keep_alive)
