@@ -1,18 +1,19 @@
-"""What a worker does with one client connection, whichever pool it runs in.
+"""What a worker does with one request of a client connection, whichever pool it runs in.
 
-A worker thread or a worker process calls :func:`serve_connection` with the
-socket and the server's :class:`ServerContext`; everything it needs to share
-with the other workers (request counters, the stop flag) lives in that
-context, in shared memory, so the thread and process servers behave alike.
+The accept loop owns a connection between requests and reads each request's
+head; a worker thread or process then calls :func:`serve_request` with the
+socket, the bytes the loop read and the server's :class:`ServerContext`.  It
+serves exactly that request (reading an upload's content itself) and gives the
+connection back with whatever it read beyond the request.  Everything it shares
+with the other workers (request counters, the stop flag) lives in the context,
+in shared memory, so the thread and process servers behave alike.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
-import time
 from typing import Any
 
 from . import protocol
@@ -24,24 +25,22 @@ from .streaming import ReceiveBuffer, iter_encoded, receive_size
 
 log = logging.getLogger("fileserver")
 
-IDLE_POLL_SECONDS = 0.25   # how often an idle keep-alive connection looks at the stop flag
-
 
 class ConnectionClosed(Exception):
     """The peer closed the connection, or it went quiet for too long."""
 
 
 class Connection:
-    """Serve the requests of one connection, one after another, until it closes."""
+    """Serve one request of a connection whose head has arrived."""
 
     def __init__(self, sock: socket.socket, ctx: ServerContext) -> None:
         self.sock = sock
         self.ctx = ctx
         self.parser = RequestParser()
         self.upload: PendingUpload | _RejectedUpload | None = None
-        self.head_deadline: float | None = None
         self.received = ReceiveBuffer()
         self.replying = False             # some of the current request's reply has been sent
+        self.beyond = b""          # bytes read after this request: the next ones, pipelined
         sock.settimeout(ctx.timeout)
         # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -50,11 +49,20 @@ class Connection:
         except OSError:
             self.peer = "?"
 
-    def serve(self) -> None:
-        self.ctx.counters.connection_opened()
+    def serve(self, head: bytes) -> bytes | None:
+        """Serve the request ``head`` begins; return the bytes read beyond it, or None once closed."""
         try:
-            while self._serve_next_chunk():
-                pass
+            done = self._take(head)
+            while done is False:
+                with receive_size() as size:  # a large receive only while few transfers share the process
+                    if isinstance(self.upload, PendingUpload):
+                        size = self.upload.decoder.aligned(size)
+                    data = self._receive(size)
+                    if not data:
+                        raise ConnectionClosed
+                    done = self._take(data)
+            if done:
+                return self.beyond
         except ConnectionClosed:
             if self.upload is not None or not self.parser.idle:
                 log.info("%s went away in the middle of a request", self.peer)
@@ -63,78 +71,39 @@ class Connection:
             log.info("%s: connection dropped: %s", self.peer, exc)
             if self.upload is not None or not self.parser.idle:
                 self.ctx.counters.failed()
+            # Requests that had arrived behind this one will never be answered either.
+            self.ctx.counters.unanswered(self.beyond)
         finally:
             self._discard_upload()
-            self.sock.close()
+        self.sock.close()
+        return None
 
-    def _serve_next_chunk(self) -> bool:
-        """Receive one chunk and act on what it completes; False ends the connection."""
-        if self.parser.idle and self.upload is None:
-            self.received.release()
-            self._wait_for_request()
-        with receive_size() as size:      # a large receive only while few transfers share the process
-            if isinstance(self.upload, PendingUpload):
-                size = self.upload.decoder.aligned(size)
-            data = self._receive(size)
-            if not data:
-                raise ConnectionClosed
-            try:
-                events = self.parser.feed(data)
-            except ProtocolError as exc:
-                # The stream cannot be resynchronised: answer, then hang up.
-                self._discard_upload()
-                self._reply_error(str(exc))
-                return False
-            for event in events:
-                if isinstance(event, (Request, UploadStart)):
-                    self.head_deadline = None     # the next request line gets its own
-                if not self._handle(event):
-                    return False
-        return True
+    def _take(self, data: bytes | bytearray) -> bool | None:
+        """Act on received bytes: True once the request is answered, False while it is
+        not complete, None when the connection must end."""
+        try:
+            events, used = self.parser.feed_request(data)
+        except ProtocolError as exc:
+            # The stream cannot be resynchronised: answer, then hang up.
+            self._discard_upload()
+            self._reply_error(str(exc))
+            return None
+        if used < len(data):
+            self.beyond = bytes(data[used:])    # a copy: ``data`` may be the reused receive buffer
+        for event in events:
+            if not self._handle(event):
+                return None
+        return bool(events) and isinstance(events[-1], (Request, UploadEnd))
 
     # ------------------------------------------------------------------ reading
 
     def _receive(self, size: int) -> bytearray:
-        timeout = self.ctx.timeout
-        if self.parser.receiving_head:
-            # The whole request line, not just each piece of it, must come within --timeout
-            # of the moment this worker starts waiting for it, or a client trickling a byte
-            # at a time would hold a worker for ever.
-            now = time.monotonic()
-            if self.head_deadline is None:
-                self.head_deadline = now + self.ctx.timeout
-            timeout = self.head_deadline - now
-            if timeout <= 0:
-                raise TimeoutError(f"request not complete within {self.ctx.timeout:g} s")
-            self.sock.settimeout(timeout)
         try:
             return self.received.receive(self.sock, size)
         except socket.timeout:
-            raise TimeoutError(f"no data for {timeout:g} s") from None
+            raise TimeoutError(f"no data for {self.ctx.timeout:g} s") from None
         except ConnectionResetError:
             raise ConnectionClosed from None
-        finally:
-            if timeout != self.ctx.timeout:
-                self.sock.settimeout(self.ctx.timeout)    # replies get the full --timeout
-
-    def _wait_for_request(self) -> None:
-        """Wait for the next request, giving up on shutdown or after the idle timeout.
-
-        A request that has already arrived is served even while the server stops:
-        it is in flight for its client.
-        """
-        poller = select.poll()          # not select(): descriptors may exceed FD_SETSIZE
-        poller.register(self.sock, select.POLLIN)
-        waited = 0.0
-        while waited < self.ctx.timeout:
-            if self.ctx.stopping.is_set():
-                if poller.poll(0):
-                    return
-                raise ConnectionClosed
-            if poller.poll(IDLE_POLL_SECONDS * 1000):
-                return
-            waited += IDLE_POLL_SECONDS
-        raise TimeoutError(f"idle for {self.ctx.timeout:g} s")
 
     # ------------------------------------------------------------------ dispatch
 
@@ -302,10 +271,15 @@ class _RejectedUpload:
         self.drained = 0
 
 
-def serve_connection(sock: socket.socket, ctx: ServerContext) -> None:
-    """Serve one client connection to the end; never raises for the client's mistakes."""
+def serve_request(sock: socket.socket, ctx: ServerContext, head: bytes) -> bytes | None:
+    """Serve the one request whose head ``head`` holds (with any bytes the loop read after it).
+
+    Returns the bytes read beyond that request when the connection stays open for
+    more, None once it is closed.  Never raises for the client's mistakes.
+    """
     try:
-        Connection(sock, ctx).serve()
+        return Connection(sock, ctx).serve(head)
     except Exception:
         log.exception("unexpected error while serving a connection")
         sock.close()
+        return None

@@ -1,13 +1,19 @@
-"""Hand an accepted socket from the server process to a worker process.
+"""Hand a client socket between the server process and its worker processes.
 
 Passing the descriptor number is wrong (a reused worker does not have it), and
 letting the pool pickle the socket is racy (its feeder thread pickles later,
 after the parent may have closed its copy).  Instead the parent keeps each
-accepted socket under a random token and sends only the token through the pool;
-the worker that runs the task asks the parent for it over a private Unix
-socket and receives a duplicate of the descriptor with SCM_RIGHTS.  Only then
-does the parent close its copy, so nothing is lost whichever worker runs the
-task, however often workers are reused.
+connection whose request has arrived under a random token, with the bytes it
+already read, and sends only the token through the pool; the worker that runs
+the task asks the parent for it over a private Unix socket and receives a
+duplicate of the descriptor with SCM_RIGHTS, and those bytes.  Only then does
+the parent close its copy, so nothing is lost whichever worker runs the task,
+however often workers are reused.  Once its request is answered the worker
+gives the connection back the same way, with any bytes it read beyond that
+request, and closes its own copy: between requests the parent's loop owns it.
+
+Every message on the channel is one kind byte, a 4-byte length and that many
+bytes; a descriptor, when there is one, travels with the first byte.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import stat
 import struct
 import tempfile
 import threading
+from typing import Callable
 
 from .store import stale_leftovers
 
@@ -28,6 +35,10 @@ log = logging.getLogger("fileserver.handoff")
 
 TOKEN_BYTES = 16
 FOLDER_PREFIX = "fileserver-handoff-"
+CLAIM, GIVE_BACK = b"C", b"R"        # what a worker asks: a connection by token, or to return one
+FOUND, GONE = b"\x01", b"\x00"       # the parent's answer to a claim
+TAKEN = b"T"                          # the parent's answer to a return: the loop has it
+_HEADER = struct.Struct("!cI")
 
 
 def _remove_stale_folders() -> None:
@@ -38,9 +49,11 @@ def _remove_stale_folders() -> None:
 
 
 class HandoffServer:
-    """Parent side: keeps accepted sockets until a worker claims them."""
+    """Parent side: keeps connections until a worker claims them, takes them back after."""
 
-    def __init__(self) -> None:
+    def __init__(self, given_back: Callable[[socket.socket, bytes], None]) -> None:
+        """``given_back(conn, beyond)`` receives each connection a worker returns (on the
+        handoff thread), with the bytes the worker read beyond its request."""
         _remove_stale_folders()
         # Mode 0700: ours alone. The PID in the name tells a later server whether it is stale.
         self._dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
@@ -48,7 +61,8 @@ class HandoffServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.path)
         self._listener.listen(128)
-        self._pending: dict[bytes, socket.socket] = {}
+        self._given_back = given_back
+        self._pending: dict[bytes, tuple[socket.socket, bytes]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="handoff", daemon=True)
@@ -56,11 +70,11 @@ class HandoffServer:
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, conn: socket.socket) -> bytes:
-        """Keep ``conn`` for a worker; return the token the worker will claim it by."""
+    def offer(self, conn: socket.socket, head: bytes) -> bytes:
+        """Keep ``conn`` and the bytes read from it for a worker; return the token to claim them by."""
         token = secrets.token_bytes(TOKEN_BYTES)
         with self._lock:
-            self._pending[token] = conn
+            self._pending[token] = (conn, head)
         return token
 
     def holds(self, token: bytes) -> bool:
@@ -71,9 +85,9 @@ class HandoffServer:
     def withdraw(self, token: bytes) -> None:
         """Close a socket no worker claimed (its task was cancelled or failed)."""
         with self._lock:
-            conn = self._pending.pop(token, None)
-        if conn is not None:
-            conn.close()
+            kept = self._pending.pop(token, None)
+        if kept is not None:
+            kept[0].close()
 
     def _serve(self) -> None:
         while True:
@@ -83,20 +97,35 @@ class HandoffServer:
                 return             # closed: the server is stopping
             with channel:
                 try:
-                    self._hand_over(channel)
+                    self._answer(channel)
                 except OSError as exc:
-                    log.warning("a worker failed to collect its connection: %s", exc)
+                    log.warning("a worker failed to collect or return a connection: %s", exc)
 
-    def _hand_over(self, channel: socket.socket) -> None:
+    def _answer(self, channel: socket.socket) -> None:
         channel.settimeout(10)
-        token = _recv_exactly(channel, TOKEN_BYTES)
-        with self._lock:
-            conn = self._pending.pop(token, None)
-        if conn is None:
-            channel.sendall(struct.pack("!B", 0))
+        kind, payload, fds = _receive_message(channel)
+        if kind == GIVE_BACK and len(fds) == 1:
+            conn = socket.socket(fileno=fds[0])
+            if self._closed:
+                conn.close()        # no TAKEN: the worker counts what it had read as unanswered
+                return
+            self._given_back(conn, payload)
+            # Only now may the worker's task end: the server counts a connection as in flight
+            # until then, so it is always counted somewhere (--max-connections).
+            _send_message(channel, TAKEN, b"")
             return
+        for fd in fds:
+            os.close(fd)
+        if kind != CLAIM:
+            raise ConnectionError(f"unexpected handoff message {kind!r}")
+        with self._lock:
+            kept = self._pending.pop(payload, None)
+        if kept is None:
+            _send_message(channel, GONE, b"")
+            return
+        conn, head = kept
         with conn:
-            socket.send_fds(channel, [struct.pack("!B", 1)], [conn.fileno()])
+            _send_message(channel, FOUND, head, conn.fileno())
 
     def close(self) -> None:
         if self._closed:
@@ -105,27 +134,57 @@ class HandoffServer:
         self._listener.close()
         with self._lock:
             leftovers, self._pending = list(self._pending.values()), {}
-        for conn in leftovers:
+        for conn, _ in leftovers:
             conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def claim(path: str, token: bytes) -> socket.socket | None:
-    """Worker side: collect the socket kept under ``token``; None if it is gone."""
+def claim(path: str, token: bytes) -> tuple[socket.socket, bytes] | None:
+    """Worker side: collect the socket kept under ``token`` and the bytes read from it; None if it is gone."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
         channel.settimeout(10)
         channel.connect(path)
-        channel.sendall(token)
-        msg, fds, _, _ = socket.recv_fds(channel, 1, 1)
-    if not fds:
-        return None
-    for extra in fds[1:]:
-        os.close(extra)
-    if msg != b"\x01":
+        _send_message(channel, CLAIM, token)
+        kind, head, fds = _receive_message(channel)
+    if kind != FOUND or len(fds) != 1:
         for fd in fds:
             os.close(fd)
         return None
-    return socket.socket(fileno=fds[0])
+    return socket.socket(fileno=fds[0]), head
+
+
+def give_back(path: str, conn: socket.socket, beyond: bytes) -> None:
+    """Worker side: return ``conn`` to the parent with the bytes read beyond its request, and close
+    this copy.  Raises OSError if the parent is not listening any more (the connection is then closed)."""
+    with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
+        channel.settimeout(10)
+        channel.connect(path)
+        _send_message(channel, GIVE_BACK, beyond, conn.fileno())
+        _receive_message(channel)           # TAKEN, or the channel closed by a stopping parent
+
+
+def _send_message(channel: socket.socket, kind: bytes, payload: bytes, fd: int | None = None) -> None:
+    message = _HEADER.pack(kind, len(payload)) + payload
+    if fd is None:
+        channel.sendall(message)
+        return
+    sent = socket.send_fds(channel, [message], [fd])
+    channel.sendall(message[sent:])
+
+
+def _receive_message(channel: socket.socket) -> tuple[bytes, bytes, list[int]]:
+    """(kind, payload, descriptors) of one message; the descriptors arrive with its first byte."""
+    first, fds, _, _ = socket.recv_fds(channel, _HEADER.size, 1)
+    try:
+        if not first:
+            raise ConnectionError("handoff channel closed early")
+        header = first + _recv_exactly(channel, _HEADER.size - len(first))
+        kind, size = _HEADER.unpack(header)
+        return kind, _recv_exactly(channel, size), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -1,7 +1,9 @@
 """The process-pool policy: each connection is served by a process of a ProcessPoolExecutor.
 
-The accepted socket reaches the worker through :mod:`fileshare.handoff`; this
-module keeps the pool alive across dead workers and stops it without orphans.
+A connection whose request has arrived reaches the worker through
+:mod:`fileshare.handoff`, and goes back to the server's loop the same way once
+the request is answered; this module keeps the pool alive across dead workers
+and stops it without orphans.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import socket
 import threading
 from typing import Callable
 
-from .connection import serve_connection
-from .handoff import HandoffServer, claim, close_inherited_sockets
+from .connection import serve_request
+from .handoff import HandoffServer, claim, close_inherited_sockets, give_back
 from .state import ServerContext
 from .store import remove_temp_files
 
@@ -90,9 +92,18 @@ def start_pool(workers: int, initializer: Callable[..., None],
 
 
 def _serve_handed_off(token: bytes) -> None:
-    conn = claim(_handoff_path, token)
-    if conn is not None:
-        serve_connection(conn, _worker_ctx)
+    claimed = claim(_handoff_path, token)
+    if claimed is None:
+        return
+    conn, head = claimed
+    beyond = serve_request(conn, _worker_ctx, head)
+    if beyond is None:
+        return                      # closed: nothing to give back
+    try:
+        give_back(_handoff_path, conn, beyond)
+    except OSError as exc:          # the server stopped listening (past its grace period)
+        log.info("could not give a connection back to the server: %s", exc)
+        _worker_ctx.counters.unanswered(beyond)
 
 
 def _kill_workers() -> list[multiprocessing.process.BaseProcess]:
@@ -108,11 +119,12 @@ def _kill_workers() -> list[multiprocessing.process.BaseProcess]:
 
 
 class ProcessDispatcher:
-    """Each connection goes to a ProcessPoolExecutor; the worker collects the socket by token."""
+    """Each request goes to a ProcessPoolExecutor; the worker collects the socket by token."""
 
-    def start(self, ctx: ServerContext, workers: int) -> None:
+    def start(self, ctx: ServerContext, workers: int,
+              hand_back: Callable[[socket.socket, bytes], None]) -> None:
         self._ctx, self._workers = ctx, workers
-        self._handoff = HandoffServer()
+        self._handoff = HandoffServer(hand_back)
         self._lock = threading.Lock()           # guards the pool: one replacement at a time
         self._closing = False
         self._executor: concurrent.futures.ProcessPoolExecutor | None = self._new_pool()
@@ -123,12 +135,12 @@ class ProcessDispatcher:
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return start_pool(self._workers, _init_worker, (self._ctx, self._handoff.path, os.getpid()))
 
-    def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
+    def dispatch(self, conn: socket.socket, head: bytes) -> concurrent.futures.Future:
         # The server waits on this future, not on a pool's: a connection moved to a new
         # pool after a worker died is still in flight, and a graceful stop must wait for it.
         settled: concurrent.futures.Future = concurrent.futures.Future()
         settled.set_running_or_notify_cancel()
-        self._submit(self._handoff.offer(conn), settled, offers=1)
+        self._submit(self._handoff.offer(conn, head), settled, offers=1)
         return settled
 
     def _submit(self, token: bytes, settled: concurrent.futures.Future, offers: int) -> None:

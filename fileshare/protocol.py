@@ -207,6 +207,17 @@ class RequestParser:
         return self._state == self._HEAD and bool(self._head)
 
     def feed(self, data: Union[bytes, bytearray]) -> list[RequestEvent]:
+        return self._feed(data, stop_after_request=False)[0]
+
+    def feed_request(self, data: Union[bytes, bytearray]) -> tuple[list[RequestEvent], int]:
+        """Like :meth:`feed`, but stop as soon as one request is complete.
+
+        Returns the events and how many bytes of ``data`` they used; the rest
+        belongs to the requests after it (pipelined) and has not been looked at.
+        """
+        return self._feed(data, stop_after_request=True)
+
+    def _feed(self, data: Union[bytes, bytearray], stop_after_request: bool) -> tuple[list[RequestEvent], int]:
         events: list[RequestEvent] = []
         view = memoryview(data)
         pos = 0
@@ -215,7 +226,7 @@ class RequestParser:
                 cr = data.find(b"\r", pos)
                 if cr < 0:
                     events.append(UploadData(view[pos:]))
-                    return events
+                    return events, len(data)
                 if cr > pos:
                     events.append(UploadData(view[pos:cr]))
                 self._state, self._tail_seen, pos = self._TAIL, 0, cr
@@ -228,9 +239,13 @@ class RequestParser:
                 if self._tail_seen == 4:
                     events.append(UploadEnd())
                     self._state = self._HEAD
+                    if stop_after_request:
+                        return events, pos
             else:
                 pos = self._feed_head(data, pos, events)
-        return events
+                if stop_after_request and events and isinstance(events[-1], Request):
+                    return events, pos
+        return events, pos
 
     def _feed_head(self, data: Union[bytes, bytearray], pos: int, events: list[RequestEvent]) -> int:
         if not self._head and data[pos:pos + 7].upper() != b"UPLOAD ":
@@ -282,6 +297,49 @@ class RequestParser:
         text = _decode_text(line)
         command, _, argument = text.partition(" ")
         return Request(command.upper(), argument)
+
+
+# The longest request a course-style client could send unterminated: "DELETE " and a name.
+_MAX_UNTERMINATED = len("DELETE ") + MAX_NAME_BYTES + 2
+
+
+def unterminated_request(head: Union[bytes, bytearray]) -> "bytes | None":
+    """The request to serve for ``head`` if it reads as a whole request sent without ``\\r\\n\\r\\n``.
+
+    The course's reference client sends ``LIST`` or ``GET name`` with no terminator
+    and waits; a server that has seen nothing more for a while may serve it.  Only
+    ``LIST``, ``STATS``, ``GET NAME`` and ``DELETE NAME`` qualify (a trailing line
+    break is dropped), never ``UPLOAD``: its content has no end without the
+    terminator.  Returns the request terminated, ready for :class:`RequestParser`.
+    """
+    if len(head) > _MAX_UNTERMINATED:
+        return None
+    line = bytes(head).rstrip(b"\r\n")
+    if b"\r" in line or b"\n" in line:
+        return None
+    command, space, name = line.partition(b" ")
+    command = command.upper()
+    whole = ((command in (b"LIST", b"STATS") and not space)
+             or (command in (b"GET", b"DELETE") and name.strip(b" ") != b""))
+    return line + TERMINATOR if whole else None
+
+
+def requests_begun(data: Union[bytes, bytearray]) -> int:
+    """How many counted requests ``data`` holds: whole ones and a last one cut short.
+
+    A server that must hang up on bytes it had received but not answered counts
+    these as failed.  STATS is never counted, so a whole STATS is not either; the
+    bytes after a protocol error count as one request, since they cannot be split.
+    """
+    parser = RequestParser()
+    count = 0
+    try:
+        for event in parser.feed(data):
+            if isinstance(event, UploadEnd) or (isinstance(event, Request) and event.command != "STATS"):
+                count += 1
+    except ProtocolError:
+        return count + 1
+    return count if parser.idle else count + 1
 
 
 def _decode_text(raw: Union[bytes, bytearray]) -> str:

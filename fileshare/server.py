@@ -1,8 +1,11 @@
 """The server loop both file servers share: command line, listening, shutdown.
 
-A concurrency policy (a :class:`Dispatcher`) decides how an accepted
-connection reaches a worker; everything else lives here, in the spirit of
-``socketserver``: the two server scripts only choose the executor.
+The loop owns every connection that waits (new, or idle between requests, or
+still sending a request's head; see :mod:`fileshare.idle`) and hands each
+request whose head has arrived to a concurrency policy (a :class:`Dispatcher`),
+which serves it on a worker and gives the connection back.  Everything else
+lives here, in the spirit of ``socketserver``: the two server scripts only
+choose the executor.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from .cli import grace_seconds, port_number, positive_int, size_mib, timeout_seconds
+from .idle import HandBacks, IdleConnections, drain_wakeups
 from .state import RequestCounters, ServerContext, StopFlag
 from .store import remove_temp_files
 
@@ -30,20 +35,31 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO_ROOT / "files"
 DEFAULT_PORT = 6667
 DEFAULT_WORKERS = 5
+DEFAULT_MAX_CONNECTIONS = 10000
+ACCEPTS_PER_WAKE = 64       # accept a burst in one go, but let waiting connections have a turn
+STOPPING_POLL_SECONDS = 0.05  # how often a stopping loop looks whether its requests are done
 AFTER_FORCE_SECONDS = 5.0   # how long to wait for workers once their connections are cut
 
 
 class Dispatcher(Protocol):
     """How accepted connections reach workers: the one thing the two servers differ in."""
 
-    def start(self, ctx: ServerContext, workers: int) -> None:
-        """Create the pool (before any other thread of the server exists)."""
+    def start(self, ctx: ServerContext, workers: int,
+              hand_back: Callable[[socket.socket, bytes], None]) -> None:
+        """Create the pool (before any other thread of the server exists).
 
-    def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
-        """Hand ``conn`` to a worker; the dispatcher owns it from now on.
+        ``hand_back(conn, beyond)``, callable from any thread, returns a connection to the
+        loop once its request is answered, with the bytes read beyond that request (the
+        next ones, pipelined: the socket will not be readable for them).  A connection
+        the worker closed is not handed back.
+        """
 
-        The future is done once the connection has been served or given up: a graceful
-        stop waits on it, so it must not be done while the connection is still waiting.
+    def dispatch(self, conn: socket.socket, head: bytes) -> concurrent.futures.Future:
+        """Hand ``conn``, whose request head ``head`` holds (with every byte read so far), to a
+        worker that serves exactly that request; the dispatcher owns it until it hands it back.
+
+        The future is done once the request has been served or given up: a graceful
+        stop waits on it, so it must not be done while the request is still waiting.
         """
 
     def force_close(self) -> None:
@@ -69,8 +85,11 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--root", default=env("FILES_DIR", str(DEFAULT_ROOT)),
                         help="folder to serve, created if missing (default: %(default)s)")
     parser.add_argument("--timeout", type=timeout_seconds, default=60.0,
-                        help="seconds a connection may stay silent or stall before it is closed "
-                             "(default: %(default)s)")
+                        help="seconds a connection may stay silent or stall before it is closed, "
+                             "and the most a request's head may take to arrive (default: %(default)s)")
+    parser.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="open connections at most; beyond it the one that has waited longest "
+                             "for its next request is closed (default: %(default)s)")
     parser.add_argument("--max-upload-mb", type=size_mib, default=1024.0,
                         help="largest upload accepted, in MiB (default: %(default)s)")
     parser.add_argument("--grace", type=grace_seconds, default=5.0,
@@ -123,6 +142,7 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     if stale:
         log.info("removed %d upload leftovers of servers no longer running", stale)
 
+    _raise_open_file_limit(args.max_connections)
     mp = multiprocessing.get_context("fork")
     ctx = ServerContext(root=root, timeout=args.timeout,
                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -133,11 +153,13 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         stop.close()
         return 2
+    hand_backs = HandBacks()
     dispatcher = make_dispatcher()
     try:
-        dispatcher.start(ctx, args.workers)
+        dispatcher.start(ctx, args.workers, hand_backs.put)
     except BaseException:
         listener.close()
+        hand_backs.close(ctx.counters)
         stop.close()
         raise
     drained = False
@@ -148,11 +170,9 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
             print(f"listening on {host}:{port}", flush=True)
         except BrokenPipeError:     # whoever started us is gone: nobody to serve
             stop.received = signal.SIGPIPE
-        in_flight = _accept_until_stopped(listener, stop, dispatcher)
-        listener.close()
-        log.info("stopping (signal %s): %d connections in flight", stop.received, len(in_flight))
-        ctx.stopping.set()
-        _finish(in_flight, dispatcher, args.grace)
+        with _Loop(listener, stop, dispatcher, ctx, hand_backs, args.max_connections) as loop:
+            loop.serve_until_stopped()
+            loop.finish(args.grace)
         drained = True
     finally:
         listener.close()
@@ -160,6 +180,7 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
         if not drained:            # an unexpected error: do not wait for anyone
             dispatcher.force_close()
         dispatcher.shutdown()
+        hand_backs.close(ctx.counters)
         removed = remove_temp_files(root, ctx.temp_tag)
         if removed:
             log.info("removed %d unfinished uploads", removed)
@@ -168,48 +189,121 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     return 0
 
 
-def _accept_until_stopped(listener: socket.socket, stop: _StopSignal,
-                          dispatcher: Dispatcher) -> set[concurrent.futures.Future]:
-    in_flight: set[concurrent.futures.Future] = set()
-    with selectors.DefaultSelector() as selector:
-        selector.register(listener, selectors.EVENT_READ)
-        selector.register(stop.wakeup, selectors.EVENT_READ)
-        listener.setblocking(False)
-        while stop.received is None:
-            for key, _ in selector.select():
-                if key.fileobj is stop.wakeup:
-                    _drain(stop.wakeup)
-                    continue
-                try:
-                    conn, _ = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:  # e.g. out of descriptors: keep serving the others
-                    log.warning("accept failed: %s", exc)
-                    time.sleep(0.05)
-                    continue
-                conn.setblocking(True)
-                future = dispatcher.dispatch(conn)
-                in_flight.add(future)
-                future.add_done_callback(in_flight.discard)
-    return in_flight
+def _raise_open_file_limit(max_connections: int) -> None:
+    """Raise the soft limit on open files to the hard one, so --max-connections is reachable."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        else:
+            log.info("open-file limit raised from %d to %d", soft, hard)
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 64:
+        log.warning("the open-file limit (%d) is below --max-connections (%d): accepting will fail "
+                    "before that many connections are open", soft, max_connections)
 
 
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(4096):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
+class _Loop:
+    """The accept loop: accepts, watches waiting connections, hands complete heads to the pool."""
 
+    def __init__(self, listener: socket.socket, stop: _StopSignal, dispatcher: Dispatcher,
+                 ctx: ServerContext, hand_backs: HandBacks, max_connections: int) -> None:
+        self.listener, self.stop, self.dispatcher, self.ctx = listener, stop, dispatcher, ctx
+        self.hand_backs = hand_backs
+        self.max_connections = max_connections
+        self.selector = selectors.DefaultSelector()
+        self.idle = IdleConnections(self.selector, ctx.timeout, ctx.counters)
+        self.in_flight: set[concurrent.futures.Future] = set()
+        self.stopping = False
 
-def _finish(in_flight: set[concurrent.futures.Future], dispatcher: Dispatcher, grace: float) -> None:
-    """Let running requests finish within ``grace`` seconds, then cut the rest."""
-    _, unfinished = concurrent.futures.wait(set(in_flight), timeout=max(grace, 0))
-    if unfinished:
-        log.warning("grace period over: closing %d connections still open", len(unfinished))
-        dispatcher.force_close()
-        concurrent.futures.wait(unfinished, timeout=AFTER_FORCE_SECONDS)
+    def __enter__(self) -> "_Loop":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.idle.close_all()
+        self.selector.close()
+
+    def serve_until_stopped(self) -> None:
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.selector.register(self.stop.wakeup, selectors.EVENT_READ)
+        self.selector.register(self.hand_backs.wakeup, selectors.EVENT_READ)
+        while self.stop.received is None:
+            self._turn(self.idle.seconds_to_next_deadline())
+
+    def finish(self, grace: float) -> None:
+        """Stop: close waiting connections, let requests in flight finish within ``grace`` s, cut the rest."""
+        self.selector.unregister(self.listener)
+        self.listener.close()
+        self.stopping = True
+        self.ctx.stopping.set()
+        closed = self.idle.close_idle()
+        log.info("stopping (signal %s): %d requests in flight, %d idle connections closed",
+                 self.stop.received, len(self.in_flight), closed)
+        # A request partly received when the stop came is in flight for its client too.
+        deadline = time.monotonic() + max(grace, 0)
+        while (self.in_flight or len(self.idle)) and time.monotonic() < deadline:
+            self._turn(min(STOPPING_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        cut = self.idle.close_all()
+        if cut:
+            log.warning("grace period over: closed %d connections whose request had not fully arrived", cut)
+        if self.in_flight:
+            log.warning("grace period over: closing %d connections still open", len(self.in_flight))
+            self.dispatcher.force_close()
+            concurrent.futures.wait(set(self.in_flight), timeout=AFTER_FORCE_SECONDS)
+
+    def _turn(self, timeout: float | None) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.fileobj is self.listener:
+                self._accept()
+            elif key.fileobj is self.stop.wakeup:
+                drain_wakeups(self.stop.wakeup)
+            elif key.fileobj is self.hand_backs.wakeup:
+                for conn, beyond in self.hand_backs.take():
+                    self._handed_back(conn, beyond)
+            else:
+                self._dispatch(self.idle.read(key.data))
+        for ready in self.idle.expire():
+            self._dispatch(ready)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of descriptors: keep serving the others
+                log.warning("accept failed: %s", exc)
+                time.sleep(0.05)
+                return
+            self.ctx.counters.connection_opened()
+            # A connection on its way back from a worker is in hand_backs before its request's
+            # future is done, so each open connection is counted at least once here.
+            open_now = len(self.idle) + len(self.in_flight) + len(self.hand_backs)
+            if open_now >= self.max_connections and not self.idle.close_oldest():
+                log.warning("--max-connections %d reached with every connection busy: closing a new one",
+                            self.max_connections)
+                conn.close()
+                continue
+            self._dispatch(self.idle.add(conn))
+
+    def _handed_back(self, conn: socket.socket, beyond: bytes) -> None:
+        if self.stopping:
+            self.ctx.counters.unanswered(beyond)
+            conn.close()
+            return
+        self._dispatch(self.idle.add(conn, beyond))
+
+    def _dispatch(self, ready: tuple[socket.socket, bytes] | None) -> None:
+        if ready is None:
+            return
+        conn, head = ready
+        conn.setblocking(True)
+        future = self.dispatcher.dispatch(conn, head)
+        self.in_flight.add(future)
+        future.add_done_callback(self.in_flight.discard)
 
 
 def main_for(make_dispatcher: Callable[[], Dispatcher], description: str) -> None:

@@ -14,6 +14,8 @@ import multiprocessing
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from .protocol import requests_begun
+
 log = logging.getLogger("fileserver")
 
 LOCK_TIMEOUT_SECONDS = 2.0
@@ -55,8 +57,14 @@ class RequestCounters:
     def succeeded(self) -> None:
         self._change((self.SUCCEEDED, 1))
 
-    def failed(self) -> None:
-        self._change((self.FAILED, 1))
+    def failed(self, count: int = 1) -> None:
+        self._change((self.FAILED, count))
+
+    def unanswered(self, received: bytes | bytearray) -> None:
+        """The connection is closed with ``received`` read but not answered: its requests failed."""
+        count = requests_begun(received) if received else 0
+        if count:
+            self.failed(count)
 
     def success_became_failure(self) -> None:
         """A reply already counted as a success could not be delivered in full."""

@@ -1,35 +1,40 @@
-"""The thread-pool policy: each connection is served by a thread of a ThreadPoolExecutor."""
+"""The thread-pool policy: each request is served by a thread of a ThreadPoolExecutor."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import socket
 import threading
+from typing import Callable
 
-from .connection import serve_connection
+from .connection import serve_request
 from .state import ServerContext
 
 
 class ThreadDispatcher:
-    """Each connection goes to a ThreadPoolExecutor; the socket object is shared as is."""
+    """Each request goes to a ThreadPoolExecutor; the socket object is shared as is."""
 
-    def start(self, ctx: ServerContext, workers: int) -> None:
+    def start(self, ctx: ServerContext, workers: int,
+              hand_back: Callable[[socket.socket, bytes], None]) -> None:
         self._ctx = ctx
+        self._hand_back = hand_back
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="worker")
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
 
-    def dispatch(self, conn: socket.socket) -> concurrent.futures.Future:
+    def dispatch(self, conn: socket.socket, head: bytes) -> concurrent.futures.Future:
         with self._lock:
             self._open.add(conn)
-        return self._executor.submit(self._serve, conn)
+        return self._executor.submit(self._serve, conn, head)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, head: bytes) -> None:
         try:
-            serve_connection(conn, self._ctx)
+            beyond = serve_request(conn, self._ctx, head)
         finally:
             with self._lock:
                 self._open.discard(conn)
+        if beyond is not None:
+            self._hand_back(conn, beyond)
 
     def force_close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

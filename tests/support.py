@@ -202,6 +202,19 @@ class Client:
         self.close()
 
 
+def trickle_until_closed(client: Client, data: bytes, pause: float) -> bool:
+    """Send ``data`` a byte at a time, ``pause`` s apart; True once the server has closed the
+    connection (bounded: ``len(data)`` bytes)."""
+    for byte in data:
+        try:
+            client.send(bytes([byte]))
+        except OSError:
+            return True
+        if client.wait_closed(pause):
+            return True
+    return False
+
+
 def build(*words: str | bytes) -> bytes:
     """``build("GET", "a")`` -> ``b"GET a\\r\\n\\r\\n"``; bytes pass through untouched."""
     parts = [w if isinstance(w, bytes) else w.encode("utf-8") for w in words]

@@ -60,6 +60,13 @@ class _CountingSocket(socket.socket):
         return super().sendall(data, *flags)
 
 
+def serve_until_closed(sock: socket.socket, ctx: ServerContext) -> None:
+    """What a server does with one connection, request after request, without the accept loop."""
+    pending: bytes | None = b""
+    while pending is not None:
+        pending = connection.serve_request(sock, ctx, pending)
+
+
 class InProcessConnectionTest(unittest.TestCase):
     """fileshare.connection serving one real loopback connection in a thread of this process."""
 
@@ -76,7 +83,7 @@ class InProcessConnectionTest(unittest.TestCase):
             accepted, _ = listener.accept()
         sock = _CountingSocket(fileno=accepted.detach())
         sock.counters, sock.at_reply_end = self.ctx.counters, []
-        thread = threading.Thread(target=connection.serve_connection, args=(sock, self.ctx), daemon=True)
+        thread = threading.Thread(target=serve_until_closed, args=(sock, self.ctx), daemon=True)
         thread.start()
 
         def finish() -> None:

@@ -20,7 +20,7 @@ LAYERS = [
     {"replies", "streaming", "chart"},
     {"report"},
     {"store", "state"},
-    {"connection", "client", "handoff"},
+    {"connection", "client", "handoff", "idle"},
     {"loadgen"},
     {"server", "thread_pool", "process_pool"},
     {"harness"},

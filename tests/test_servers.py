@@ -1011,8 +1011,11 @@ class ProcessServerTests(ServerTestsMixin, unittest.TestCase):
         holders = [server.connect() for _ in range(2)]
         waiting: list[Client] = []
         try:
-            for holder in holders:               # each now keeps a worker, until it closes
-                self.assert_ok(holder.command("LIST"))
+            # Each holder keeps a worker until it closes: an upload never finished does (an
+            # idle connection no longer would).
+            for number, holder in enumerate(holders):
+                holder.send(b"UPLOAD held%d QUJD" % number)
+            self.assertTrue(wait_until(lambda: len(temp_files(self.root)) == 2, 5), "uploads did not start")
             for _ in range(4):
                 waiting.append(server.connect())
                 waiting[-1].send(build("GET", "keep"))
