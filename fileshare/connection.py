@@ -176,7 +176,7 @@ class Connection:
         source = open_for_get(self.ctx.root, name)
         with source:
             try:
-                self.sock.sendall(get_reply_prefix(name))
+                self.sock.sendall(get_reply_prefix(name, self.ctx.get_key))
                 for piece in iter_encoded(source):
                     self.sock.sendall(piece)
             except OSError:
