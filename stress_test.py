@@ -256,29 +256,33 @@ def run_clients(jobs: list[ClientJob], pool: str) -> list[ClientOutcome]:
 # ---------------------------------------------------------------------- the run
 
 def prepare_download(settings: Settings, content: TestContent) -> str:
-    """Make sure the server holds exactly ``content``; upload it when it does not."""
+    """Make sure the server holds exactly ``content``; upload it when it does not.
+
+    Each request has a connection of its own, since some servers answer one request per connection.
+    """
     name = server_name(content)
-    with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
-        try:
+    try:
+        with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
             held = client.get(name, DiscardingSink())
-            if held.sha256 == content.sha256:
-                return name
-            log.info("the server's %s differs from the test content: uploading it again", name)
-        except ClientError as exc:
-            if exc.kind != "server":
-                raise
-            log.info("the server lacks %s: uploading it", name)
+        if held.sha256 == content.sha256:
+            return name
+        log.info("the server's %s differs from the test content: uploading it again", name)
+    except ClientError as exc:
+        if exc.kind != "server":
+            raise
+        log.info("the server lacks %s: uploading it", name)
+    with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
         client.upload(content.path, name)
     return name
 
 
-def server_counts(settings: Settings) -> Optional[dict]:
-    """The server's request counters, or None when it cannot report them."""
+def server_counts(settings: Settings) -> tuple[Optional[dict], Optional[str]]:
+    """The server's request counters, or None and why it could not report them (no STATS, say)."""
     try:
         with FileClient(settings.host, settings.port, timeout=min(settings.timeout, 30)) as client:
-            return client.stats()
-    except ClientError:
-        return None
+            return client.stats(), None
+    except ClientError as exc:
+        return None, f"the server could not report its request counts (STATS: {exc})"
 
 
 def percentile(values: list[float], share: float) -> Optional[float]:
@@ -345,13 +349,17 @@ def run(settings: Settings) -> dict:
         run_id = f"{os.getpid()}-{int(time.time())}"
         names = [f"stress-upload-{run_id}-{i}.bin" for i in range(settings.clients)]
     jobs = [ClientJob(settings.op, settings.host, settings.port, settings.timeout, name, content) for name in names]
-    before = server_counts(settings)
+    before, no_counts = server_counts(settings)
     outcomes = run_clients(jobs, settings.pool)
-    after = server_counts(settings) if before is not None else None
+    after, no_counts = server_counts(settings) if before is not None else (None, no_counts)
+    notes = [no_counts] if no_counts else []
     if settings.op == "upload":
         _read_back_unconfirmed(settings, jobs, outcomes)
-        _delete_uploads(settings, names)
-    return summarize(settings, outcomes, before, after)
+        notes += _delete_uploads(settings, jobs, outcomes)
+    result = summarize(settings, outcomes, before, after)
+    if notes:
+        result["notes"] = notes
+    return result
 
 
 def _read_back_unconfirmed(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> None:
@@ -374,18 +382,33 @@ def _read_back_unconfirmed(settings: Settings, jobs: list[ClientJob], outcomes: 
         outcome.ok, outcome.error_kind, outcome.error = False, "corrupt", error
 
 
-def _delete_uploads(settings: Settings, names: list[str]) -> None:
-    """Remove what the clients uploaded; a failed upload left nothing, so 'not found' is fine."""
-    try:
-        with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
-            for name in names:
-                try:
-                    client.delete(name)
-                except ClientError as exc:
-                    if exc.kind != "server":
-                        raise
-    except ClientError as exc:
-        log.warning("could not delete every uploaded test file: %s", exc)
+def _delete_uploads(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> list[str]:
+    """Remove what the clients uploaded; say once, as a note, what could not be removed.
+
+    A connection per file, since some servers answer one request per connection;
+    some have no DELETE at all.  An ERROR for an upload that failed is fine (it
+    may have stored nothing); after a connection failure the rest is not tried.
+    """
+    left: list[str] = []
+    reason, unreachable = "", False
+    for job, outcome in zip(jobs, outcomes):
+        if unreachable:
+            left.append(job.name)
+            continue
+        try:
+            with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+                client.delete(job.name)
+        except ClientError as exc:
+            if exc.kind == "server" and not outcome.ok:
+                continue
+            left.append(job.name)
+            reason, unreachable = reason or str(exc), exc.kind != "server"
+    if not left:
+        return []
+    shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    note = f"cleanup could not remove {len(left)} uploaded test file(s) from the server ({reason}): {shown}"
+    log.warning("%s", note)
+    return [note]
 
 
 def main(argv: list[str] | None = None) -> int:
