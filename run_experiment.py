@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,8 +34,9 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from fileshare.chart import write_chart
-from fileshare.cli import positive_float, positive_int
-from fileshare.harness import ServerProcess, ServerStartError, run_in_group, script_path
+from fileshare.cli import positive_float, positive_int, remote_port
+from fileshare.harness import (READY_TIMEOUT, SERVER_SCRIPTS, AttachedServer, ForeignServer, ServerProcess,
+                               ServerStartError, run_in_group, script_path)
 
 log = logging.getLogger("run_experiment")
 
@@ -70,8 +72,15 @@ class Cell:
 
 
 def plan(models: list[str], server_workers: list[int], ops: list[str], sizes: list[float],
-         client_workers: list[int]) -> list[Cell]:
-    """The sweep, nested as the original: model, server workers, operation, size, clients."""
+         client_workers: list[int], interleave: bool = False) -> list[Cell]:
+    """The sweep, nested as the original: model, server workers, operation, size, clients.
+
+    ``interleave`` puts the model innermost instead, so every cell runs on each model
+    in turn (a fresh server each time) and a machine whose speed drifts hits all alike.
+    """
+    if interleave:
+        return [Cell(m, w, o, s, c) for w in server_workers for o in ops for s in sizes for c in client_workers
+                for m in models]
     return [Cell(m, w, o, s, c) for m in models for w in server_workers for o in ops for s in sizes
             for c in client_workers]
 
@@ -204,19 +213,23 @@ def _rate(value: str) -> Optional[float]:
     return float(value) / 1e6 if value else None
 
 
-def summary_table(rows: list[dict]) -> str:
-    """Thread vs process servers, side by side: MB/s per client and failed clients."""
+def _rows_by_cell(rows: list[dict]) -> list[tuple[tuple, dict[str, dict]]]:
+    """(operation, size, clients, server workers) -> {model: row}, in a readable order."""
     by_key: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         key = (row["Operasi"], row["Volume"], int(row["Jumlah client worker pool"]),
                int(row["Jumlah server worker pool"]))
         by_key.setdefault(key, {})[row["Model concurrency"]] = row
+    return sorted(by_key.items(), key=lambda item: (item[0][0], float(item[0][1].split()[0]), *item[0][2:]))
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Thread vs process servers, side by side: MB/s per client and failed clients."""
     header = f"{'operation':<9} {'size':>7} {'clients':>7} {'srv wk':>6} | {'thread MB/s':>11} {'process MB/s':>12} " \
              f"{'proc/thr':>8} | {'failed thr/proc':>15}"
     lines = ["Throughput per client (MB/s = 10^6 B/s) and failed clients, thread vs process server", header,
              "-" * len(header)]
-    for key in sorted(by_key, key=lambda k: (k[0], float(k[1].split()[0]), k[2], k[3])):
-        pair = by_key[key]
+    for key, pair in _rows_by_cell(rows):
         thread, process = pair.get("thread"), pair.get("process")
         t_rate = _rate(thread["Throughput per client"]) if thread else None
         p_rate = _rate(process["Throughput per client"]) if process else None
@@ -225,6 +238,30 @@ def summary_table(rows: list[dict]) -> str:
         lines.append(f"{key[0]:<9} {key[1]:>7} {key[2]:>7} {key[3]:>6} | "
                      f"{_fmt(t_rate):>11} {_fmt(p_rate):>12} {ratio} | {failed:>15}")
     return "\n".join(lines)
+
+
+def models_table(rows: list[dict]) -> str:
+    """Every model side by side (ours and other implementations): MB/s per client, failed clients in brackets."""
+    models = list(dict.fromkeys(row["Model concurrency"] for row in rows))
+    width = max([14, *(len(m) + 4 for m in models)])
+    header = f"{'operation':<9} {'size':>7} {'clients':>7} {'srv wk':>6} |" + "".join(f"{m:>{width}}" for m in models)
+    lines = ["Throughput per client (MB/s = 10^6 B/s) of every model, [failed clients] where any failed", header,
+             "-" * len(header)]
+    for key, by_model in _rows_by_cell(rows):
+        cells = []
+        for model in models:
+            row = by_model.get(model)
+            failed = row["Jumlah client gagal"] if row else "0"
+            text = _fmt(_rate(row["Throughput per client"])) if row else "-"
+            cells.append(f"{text + (f' [{failed}]' if failed != '0' else ''):>{width}}")
+        lines.append(f"{key[0]:<9} {key[1]:>7} {key[2]:>7} {key[3]:>6} |" + "".join(cells))
+    return "\n".join(lines)
+
+
+def uncounted_models(rows: list[dict]) -> list[str]:
+    """Models whose server never reported its own counts (no STATS): their server columns are empty."""
+    counted = {row["Model concurrency"] for row in rows if row["Jumlah server sukses"]}
+    return [m for m in dict.fromkeys(row["Model concurrency"] for row in rows) if m not in counted]
 
 
 def _fmt(rate: Optional[float]) -> str:
@@ -238,12 +275,18 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------- the sweep
 
+Server = ServerProcess | AttachedServer
+
+
 class Sweep:
-    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str) -> None:
+    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str,
+                 commands: dict[str, list[str]] | None = None) -> None:
         self.args, self.cells, self.root = args, cells, root
+        self.commands = commands or {}      # model name -> command line of a server of anyone's making
         self.output = Path(args.output)
         self.jsonl = self.output.with_suffix(".jsonl")
-        self.server: ServerProcess | None = None
+        self.server: Server | None = None
+        self.start_error = ""
 
     def run(self) -> int:
         env = environment()     # before the output files are opened: they would make the tree look dirty
@@ -297,7 +340,7 @@ class Sweep:
     def _run_one(self, cell: Cell) -> dict:
         assert self.server is not None
         if not self.server.alive():
-            return failed_result(cell, self.args.client_pool_type, "the server was not running")
+            return failed_result(cell, self.args.client_pool_type, self.start_error or "the server was not running")
         result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout)
         if not self.server.alive():
             log.warning("the %s server died during %s (status %s); a fresh one takes the next cells",
@@ -312,16 +355,27 @@ class Sweep:
             return
         self._stop_server()
         # Known before it starts, so that Ctrl-C while it starts still stops it.
-        self.server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"])
+        self.server = self._new_server(cell)
+        self.start_error = ""
         try:
-            self.server.start()
+            self.server.start(self.args.server_start_timeout)
         except ServerStartError as exc:
             log.error("%s", exc)          # not alive: its cells are recorded as failed
+            self.start_error = f"the server did not start: {exc}"
+
+    def _new_server(self, cell: Cell) -> Server:
+        if self.args.attach:
+            host, port = self.args.attach
+            return AttachedServer(cell.model, host, port, cell.server_workers)
+        if cell.model in self.commands:
+            return ForeignServer(cell.model, self.commands[cell.model], self.root, cell.server_workers,
+                                 port=self.args.server_port)
+        return ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"])
 
     def _stop_server(self) -> None:
         if self.server is not None:
             code = self.server.stop()
-            if code not in (0, None):
+            if code not in (0, None) and not (isinstance(self.server, ForeignServer) and code == -signal.SIGTERM):
                 log.warning("the %s server exited with status %s", self.server.model, code)
             self.server = None
 
@@ -355,7 +409,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Sweep the thread-pool and process-pool file servers with stress_test.py and write results.csv.",
         epilog="Default: the full original sweep of 108 cells (2 models x 3 server pools x 2 operations x "
                "3 sizes x 3 client pools). Lists are comma-separated, e.g. --sizes 10,50.")
-    p.add_argument("--models", type=_list_of(str, {"thread", "process"}), help="server models (default: thread,process)")
+    p.add_argument("--models", type=_list_of(str),
+                   help="server models: thread, process and NAMEs of --server-command (default: thread,process "
+                        "and every --server-command)")
     p.add_argument("--server-workers", type=_list_of(int), help="server pool sizes (default: 1,5,50)")
     p.add_argument("--client-workers", type=_list_of(int), help="concurrent clients (default: 1,5,50)")
     p.add_argument("--ops", type=_list_of(str, {"download", "upload"}), help="operations (default: download,upload)")
@@ -373,21 +429,93 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip the cells already in --output, append the rest")
     p.add_argument("--quick", action="store_true", help="a tiny sweep (1 MB, 1 and 3 clients) for a first try")
     p.add_argument("--root", help="folder the servers serve during the sweep (default: a temporary folder)")
+    foreign = p.add_argument_group(
+        "other implementations",
+        "Measure any server that speaks the protocol, beside ours. A --server-command server gets MAX_WORKERS, "
+        "SERVER_PORT and FILES_DIR in its environment and a fresh temporary folder as its working directory; it "
+        "is ready when it prints 'listening on HOST:PORT' or when its port accepts connections.")
+    foreign.add_argument("--server-command", action="append", default=[], metavar="NAME=COMMAND",
+                         type=server_command,
+                         help="a model NAME started by COMMAND (split like a shell command, run without a shell; "
+                              "arguments naming an existing file here are made absolute); repeatable")
+    foreign.add_argument("--server-port", type=remote_port, metavar="PORT",
+                         help="the port --server-command servers listen on, for servers that ignore SERVER_PORT "
+                              "(default: a free port, passed as SERVER_PORT)")
+    foreign.add_argument("--server-start-timeout", type=positive_float, default=READY_TIMEOUT, metavar="SECONDS",
+                         help="how long a server may take to start before its cells fail (default: %(default)s)")
+    foreign.add_argument("--attach", type=host_port, metavar="HOST:PORT",
+                         help="sweep the clients against one server already running there, never started or "
+                              "stopped here; label it with --models NAME and a single --server-workers N")
+    p.add_argument("--interleave", action="store_true",
+                   help="run each cell on every model in turn (a fresh server each time), so a machine whose "
+                        "speed drifts hits every model alike")
     return p
 
 
+def server_command(text: str) -> tuple[str, list[str]]:
+    """NAME=COMMAND for --server-command, the command split like a shell command."""
+    name, sep, command = text.partition("=")
+    name = name.strip()
+    if not sep or not name or "," in name or name.split() != [name]:
+        raise ValueError(text)
+    words = shlex.split(command)
+    if not words:
+        raise ValueError(text)
+    # It runs in a temporary folder: a file named relative to here must still be found.
+    return name, [os.path.abspath(word) if os.path.isfile(word) else word for word in words]
+
+
+server_command.__name__ = "NAME=COMMAND"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(text)
+    return host, remote_port(port)
+
+
+host_port.__name__ = "HOST:PORT"
+
+
+def _check_models(parser: argparse.ArgumentParser, args: argparse.Namespace, models: list[str],
+                  commands: dict[str, list[str]]) -> None:
+    if len(commands) != len(args.server_command):
+        parser.error("each --server-command needs a NAME of its own")
+    taken = sorted(set(commands) & set(SERVER_SCRIPTS))
+    if taken:
+        parser.error(f"--server-command NAME {taken[0]!r} is one of our own models; choose another name")
+    if args.attach:
+        if not args.models or len(args.models) != 1 or not args.server_workers or len(args.server_workers) != 1:
+            parser.error("--attach measures one server: label it with --models NAME and --server-workers N "
+                         "(one value each)")
+        if commands:
+            parser.error("--attach starts nothing: it cannot be used with --server-command")
+        return
+    unknown = [m for m in models if m not in SERVER_SCRIPTS and m not in commands]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}: choose thread, process or a NAME defined by --server-command")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     base = QUICK if args.quick else DEFAULTS
+    commands = dict(args.server_command)
     lists = {name: getattr(args, name) or base[name] for name in DEFAULTS}
-    cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"])
+    if not args.models:
+        lists["models"] = base["models"] + list(commands)
+    _check_models(parser, args, lists["models"], commands)
+    cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"],
+                 args.interleave)
     # SIGTERM ends the sweep like Ctrl-C: servers and stress tests are stopped, finished rows kept.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = args.root or tempfile.mkdtemp(prefix="fileserver-sweep-")
     started = time.monotonic()
     try:
-        Sweep(args, cells, root).run()
+        Sweep(args, cells, root, commands).run()
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished rows are in {args.output}; --resume continues", file=sys.stderr)
         return 130
@@ -396,7 +524,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     output = Path(args.output)
     rows = read_rows(output)
-    print(summary_table(rows))
+    if {row["Model concurrency"] for row in rows} <= set(SERVER_SCRIPTS):
+        print(summary_table(rows))
+    else:
+        print(models_table(rows))
+    for model in uncounted_models(rows):
+        print(f"the {model} server could not report its request counts (no STATS): its server columns are empty")
     chart = output.with_suffix(".svg")
     write_chart(rows, chart)
     print(f"\n{len(rows)} rows in {output} ({_duration(time.monotonic() - started)}); "
