@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(models_table(rows))
     for model in uncounted_models(rows):
-        print(f"the {model} server could not report its request counts (no STATS): its server columns are empty")
+        print(f"the {model} server could not report its request counts (no answer to STATS): "
+              "its server columns are empty")
     chart = output.with_suffix(".svg")
     write_chart(rows, chart)
     print(f"\n{len(rows)} rows in {output} ({_duration(time.monotonic() - started)}); "

@@ -118,7 +118,7 @@ class ServerProcess:
         self.stop()
 
 
-READY_LINE = re.compile(rb"^listening on (.*):(\d+)\s*$", re.MULTILINE)
+READY_LINE = re.compile(rb"^listening on (.*):(\d+)\r?\n", re.MULTILINE)   # a whole line: the port is complete
 GROUP_GONE_TIMEOUT = 10.0   # how long a stopped server's group may take to vanish (and free its port)
 
 
