@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -34,10 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
-from fileshare.cli import positive_int, size_mib, timeout_seconds
-from fileshare.harness import ServerProcess, ServerStartError, run_in_group, script_path
+from fileshare.cli import positive_int, remote_port, size_mib, timeout_seconds
+from fileshare.harness import (READY_TIMEOUT, SERVER_SCRIPTS, AttachedServer, ForeignServer, ServerProcess,
+                               ServerStartError, run_in_group, script_path)
 from fileshare.report import (CSV_COLUMNS, ReportError, aggregate_table, compare_summary, compare_table, csv_key,
-                              csv_row, key_texts, load_run, run_labels, write_compare, write_report)
+                              csv_row, key_texts, load_run, run_labels, uncounted_models, write_compare,
+                              write_report)
 
 log = logging.getLogger("run_experiment")
 
@@ -76,8 +79,15 @@ class Cell:
 
 
 def plan(models: list[str], server_workers: list[int], ops: list[str], sizes: list[float],
-         client_workers: list[int]) -> list[Cell]:
-    """The sweep, nested as the original: model, server workers, operation, size, clients."""
+         client_workers: list[int], interleave: bool = False) -> list[Cell]:
+    """The sweep, nested as the original: model, server workers, operation, size, clients.
+
+    ``interleave`` puts the model innermost instead, so every cell runs on each model
+    in turn (a fresh server each time) and a machine whose speed drifts hits all alike.
+    """
+    if interleave:
+        return [Cell(m, w, o, s, c) for w in server_workers for o in ops for s in sizes for c in client_workers
+                for m in models]
     return [Cell(m, w, o, s, c) for m in models for w in server_workers for o in ops for s in sizes
             for c in client_workers]
 
@@ -233,12 +243,18 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------- the sweep
 
+Server = ServerProcess | AttachedServer
+
+
 class Sweep:
-    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str, interpreter: dict) -> None:
+    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str, interpreter: dict,
+                 commands: dict[str, list[str]] | None = None) -> None:
         self.args, self.cells, self.root, self.interpreter = args, cells, root, interpreter
+        self.commands = commands or {}      # model name -> command line of a server of anyone's making
         self.output = Path(args.output)
         self.jsonl = self.output.with_suffix(".jsonl")
-        self.server: ServerProcess | None = None
+        self.server: Server | None = None
+        self.start_error = ""
 
     def run(self) -> int:
         env = environment(self.interpreter)   # before the output files are opened: they would make the tree look dirty
@@ -299,7 +315,7 @@ class Sweep:
     def _run_one(self, cell: Cell) -> dict:
         assert self.server is not None
         if not self.server.alive():
-            return failed_result(cell, self.args.client_pool_type, "the server was not running")
+            return failed_result(cell, self.args.client_pool_type, self.start_error or "the server was not running")
         result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout, self.args.python,
                           self.args.client_work)
         if not self.server.alive():
@@ -315,17 +331,28 @@ class Sweep:
             return
         self._stop_server()
         # Known before it starts, so that Ctrl-C while it starts still stops it.
-        self.server = ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"],
-                                    python=self.args.python)
+        self.server = self._new_server(cell)
+        self.start_error = ""
         try:
-            self.server.start()
+            self.server.start(self.args.server_start_timeout)
         except ServerStartError as exc:
             log.error("%s", exc)          # not alive: its cells are recorded as failed
+            self.start_error = f"the server did not start: {exc}"
+
+    def _new_server(self, cell: Cell) -> Server:
+        if self.args.attach:
+            host, port = self.args.attach
+            return AttachedServer(cell.model, host, port, cell.server_workers)
+        if cell.model in self.commands:
+            return ForeignServer(cell.model, self.commands[cell.model], self.root, cell.server_workers,
+                                 port=self.args.server_port)
+        return ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"],
+                             python=self.args.python)
 
     def _stop_server(self) -> None:
         if self.server is not None:
             code = self.server.stop()
-            if code not in (0, None):
+            if code not in (0, None) and not (isinstance(self.server, ForeignServer) and code == -signal.SIGTERM):
                 log.warning("the %s server exited with status %s", self.server.model, code)
             self.server = None
 
@@ -363,7 +390,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         epilog="Default: the full original sweep of 108 cells (2 models x 3 server pools x 2 operations x "
                "3 sizes x 3 client pools) into results.csv. A narrower sweep (--quick or any list) writes "
                f"{NARROWED_OUTPUT} unless --output says otherwise. Lists are comma-separated, e.g. --sizes 10,50.")
-    p.add_argument("--models", type=_list_of(str, {"thread", "process"}), help="server models (default: thread,process)")
+    p.add_argument("--models", type=_list_of(str),
+                   help="server models: thread, process and NAMEs of --server-command (default: thread,process "
+                        "and every --server-command)")
     p.add_argument("--server-workers", type=_list_of(int), help="server pool sizes (default: 1,5,50)")
     p.add_argument("--client-workers", type=_list_of(int), help="concurrent clients (default: 1,5,50)")
     p.add_argument("--ops", type=_list_of(str, {"download", "upload"}), help="operations (default: download,upload)")
@@ -395,7 +424,73 @@ def build_arg_parser() -> argparse.ArgumentParser:
     modes.add_argument("--compare", nargs="+", metavar="JSONL",
                        help="no sweep: two or more finished runs side by side, printed and written as Markdown "
                             "and SVG (per cell: aggregate MB/s, failed clients, ratio to the first run)")
+    foreign = p.add_argument_group(
+        "other implementations",
+        "Measure any server that speaks the protocol, beside ours. A --server-command server gets MAX_WORKERS, "
+        "SERVER_PORT and FILES_DIR in its environment and a fresh temporary folder as its working directory; it "
+        "is ready when it prints 'listening on HOST:PORT' or when its port accepts connections.")
+    foreign.add_argument("--server-command", action="append", default=[], metavar="NAME=COMMAND",
+                         type=server_command,
+                         help="a model NAME started by COMMAND (split like a shell command, run without a shell; "
+                              "arguments naming an existing file here are made absolute); repeatable")
+    foreign.add_argument("--server-port", type=remote_port, metavar="PORT",
+                         help="the port --server-command servers listen on, for servers that ignore SERVER_PORT "
+                              "(default: a free port, passed as SERVER_PORT)")
+    foreign.add_argument("--server-start-timeout", type=timeout_seconds, default=READY_TIMEOUT, metavar="SECONDS",
+                         help="how long a server may take to start before its cells fail (default: %(default)s)")
+    foreign.add_argument("--attach", type=host_port, metavar="HOST:PORT",
+                         help="sweep the clients against one server already running there, never started or "
+                              "stopped here; label it with --models NAME and a single --server-workers N")
+    p.add_argument("--interleave", action="store_true",
+                   help="run each cell on every model in turn (a fresh server each time), so a machine whose "
+                        "speed drifts hits every model alike")
     return p
+
+
+def server_command(text: str) -> tuple[str, list[str]]:
+    """NAME=COMMAND for --server-command, the command split like a shell command."""
+    name, sep, command = text.partition("=")
+    name = name.strip()
+    if not sep or not name or "," in name or name.split() != [name]:
+        raise ValueError(text)
+    words = shlex.split(command)
+    if not words:
+        raise ValueError(text)
+    # It runs in a temporary folder: a file named relative to here must still be found.
+    return name, [os.path.abspath(word) if os.path.isfile(word) else word for word in words]
+
+
+server_command.__name__ = "NAME=COMMAND"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(text)
+    return host, remote_port(port)
+
+
+host_port.__name__ = "HOST:PORT"
+
+
+def _check_models(parser: argparse.ArgumentParser, args: argparse.Namespace, models: list[str],
+                  commands: dict[str, list[str]]) -> None:
+    if len(commands) != len(args.server_command):
+        parser.error("each --server-command needs a NAME of its own")
+    taken = sorted(set(commands) & set(SERVER_SCRIPTS))
+    if taken:
+        parser.error(f"--server-command NAME {taken[0]!r} is one of our own models; choose another name")
+    if args.attach:
+        if not args.models or len(args.models) != 1 or not args.server_workers or len(args.server_workers) != 1:
+            parser.error("--attach measures one server: label it with --models NAME and --server-workers N "
+                         "(one value each)")
+        if commands:
+            parser.error("--attach starts nothing: it cannot be used with --server-command")
+        return
+    unknown = [m for m in models if m not in SERVER_SCRIPTS and m not in commands]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}: choose thread, process or a NAME defined by --server-command")
 
 
 def output_for(args: argparse.Namespace, lists: dict[str, list]) -> str:
@@ -431,7 +526,8 @@ def compare(paths: list[str], output: Optional[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     try:
         if args.report:
@@ -447,15 +543,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_experiment: --python: {exc}", file=sys.stderr)
         return 2
     base = QUICK if args.quick else DEFAULTS
+    commands = dict(args.server_command)
     lists = {name: getattr(args, name) or base[name] for name in DEFAULTS}
+    if not args.models:
+        lists["models"] = base["models"] + list(commands)
+    _check_models(parser, args, lists["models"], commands)
     args.output = output_for(args, lists)
-    cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"])
+    cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"],
+                 args.interleave)
     # SIGTERM ends the sweep like Ctrl-C: servers and stress tests are stopped, finished rows kept.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = args.root or tempfile.mkdtemp(prefix="fileserver-sweep-")
     started = time.monotonic()
     try:
-        Sweep(args, cells, root, interpreter).run()
+        Sweep(args, cells, root, interpreter, commands).run()
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished rows are in {args.output}; --resume continues", file=sys.stderr)
         return 130
@@ -469,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(run.cells)} cells in {output} ({_duration(time.monotonic() - started)}); "
           f"every run in {output.with_suffix('.jsonl')}; chart in {output.with_suffix('.svg')}, "
           f"report in {output.with_suffix('.md')}")
+    for model in uncounted_models(run):
+        print(f"the {model} server could not report its request counts (no answer to STATS): "
+              "its server columns are empty")
     return 0
 
 

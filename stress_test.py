@@ -280,22 +280,24 @@ def prepare_download(settings: Settings, content: TestContent, encoding: Optiona
     """Make sure the server holds exactly ``content``; upload it when it does not.
 
     With the content's ``encoding`` the check and the upload are the cheap ones, which
-    keeps a sweep's preparation short too.
+    keeps a sweep's preparation short too.  Each request has a connection of its own,
+    since some servers answer one request per connection.
     """
     name = server_name(content)
-    with VerifyingClient(settings.host, settings.port, timeout=settings.timeout) as client:
-        try:
+    try:
+        with VerifyingClient(settings.host, settings.port, timeout=settings.timeout) as client:
             if encoding is not None:
                 client.get_verified(name, encoding)
                 return name
             held = client.get(name, DiscardingSink())
-            if held.sha256 == content.sha256:
-                return name
-            log.info("the server's %s differs from the test content: uploading it again", name)
-        except ClientError as exc:
-            if exc.kind not in ("server", "corrupt"):
-                raise
-            log.info("the server's %s is missing or differs from the test content (%s): uploading it", name, exc)
+        if held.sha256 == content.sha256:
+            return name
+        log.info("the server's %s differs from the test content: uploading it again", name)
+    except ClientError as exc:
+        if exc.kind not in ("server", "corrupt"):
+            raise
+        log.info("the server's %s is missing or differs from the test content (%s): uploading it", name, exc)
+    with VerifyingClient(settings.host, settings.port, timeout=settings.timeout) as client:
         if encoding is not None:
             client.upload_encoded(name, encoding)
         else:
@@ -303,13 +305,13 @@ def prepare_download(settings: Settings, content: TestContent, encoding: Optiona
     return name
 
 
-def server_counts(settings: Settings) -> Optional[dict]:
-    """The server's request counters, or None when it cannot report them."""
+def server_counts(settings: Settings) -> tuple[Optional[dict], Optional[str]]:
+    """The server's request counters, or None and why it could not report them (no STATS, say)."""
     try:
         with FileClient(settings.host, settings.port, timeout=min(settings.timeout, 30)) as client:
-            return client.stats()
-    except ClientError:
-        return None
+            return client.stats(), None
+    except ClientError as exc:
+        return None, f"the server could not report its request counts (STATS: {exc})"
 
 
 def percentile(values: list[float], share: float) -> Optional[float]:
@@ -390,22 +392,29 @@ def prepare(settings: Settings) -> list[ClientJob]:
             for name in names]
 
 
-def clean_up(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> None:
-    """After the timed part: check unconfirmed uploads, then delete what the clients uploaded."""
-    if settings.op == "upload":
-        _read_back_unconfirmed(settings, jobs, outcomes)
-        _delete_uploads(settings, [job.name for job in jobs])
+def clean_up(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> list[str]:
+    """After the timed part: check unconfirmed uploads, then delete what the clients uploaded.
+
+    Returns notes on what could not be removed."""
+    if settings.op != "upload":
+        return []
+    _read_back_unconfirmed(settings, jobs, outcomes)
+    return _delete_uploads(settings, jobs, outcomes)
 
 
 def run(settings: Settings) -> dict:
     jobs = prepare(settings)
-    before = server_counts(settings)
+    before, no_counts = server_counts(settings)
     cpu_before = client_cpu_seconds(settings.pool)
     outcomes = run_clients(jobs, settings.pool)
     client_cpu = client_cpu_seconds(settings.pool) - cpu_before
-    after = server_counts(settings) if before is not None else None
-    clean_up(settings, jobs, outcomes)
-    return summarize(settings, outcomes, before, after, client_cpu)
+    after, no_counts = server_counts(settings) if before is not None else (None, no_counts)
+    notes = [no_counts] if no_counts else []
+    notes += clean_up(settings, jobs, outcomes)
+    result = summarize(settings, outcomes, before, after, client_cpu)
+    if notes:
+        result["notes"] = notes
+    return result
 
 
 def _read_back_unconfirmed(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> None:
@@ -428,18 +437,33 @@ def _read_back_unconfirmed(settings: Settings, jobs: list[ClientJob], outcomes: 
         outcome.ok, outcome.error_kind, outcome.error = False, "corrupt", error
 
 
-def _delete_uploads(settings: Settings, names: list[str]) -> None:
-    """Remove what the clients uploaded; a failed upload left nothing, so 'not found' is fine."""
-    try:
-        with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
-            for name in names:
-                try:
-                    client.delete(name)
-                except ClientError as exc:
-                    if exc.kind != "server":
-                        raise
-    except ClientError as exc:
-        log.warning("could not delete every uploaded test file: %s", exc)
+def _delete_uploads(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOutcome]) -> list[str]:
+    """Remove what the clients uploaded; say once, as a note, what could not be removed.
+
+    A connection per file, since some servers answer one request per connection;
+    some have no DELETE at all.  An ERROR for an upload that failed is fine (it
+    may have stored nothing); after a connection failure the rest is not tried.
+    """
+    left: list[str] = []
+    reason, unreachable = "", False
+    for job, outcome in zip(jobs, outcomes):
+        if unreachable:
+            left.append(job.name)
+            continue
+        try:
+            with FileClient(settings.host, settings.port, timeout=settings.timeout) as client:
+                client.delete(job.name)
+        except ClientError as exc:
+            if exc.kind == "server" and not outcome.ok:
+                continue
+            left.append(job.name)
+            reason, unreachable = reason or str(exc), exc.kind != "server"
+    if not left:
+        return []
+    shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    note = f"cleanup could not remove {len(left)} uploaded test file(s) from the server ({reason}): {shown}"
+    log.warning("%s", note)
+    return [note]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Optional, TypeVar, Union
 
 from .protocol import TERMINATOR, ProtocolError, StrictBase64Decoder, build_request, upload_prefix, validate_name
 from .replies import CONTENT_KEYS, ContentData, ContentEnd, ContentStart, ReplyEnd, ReplyField, ReplyParser
@@ -30,6 +30,7 @@ from .streaming import HashingWriter, ReceiveBuffer, iter_encoded, receive_size
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6667
 Progress = Optional[Callable[[int], None]]   # called with the number of payload bytes just moved
+_T = TypeVar("_T")
 
 
 class ClientError(Exception):
@@ -40,6 +41,13 @@ class ClientError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class _ClosedBeforeReply(ClientError):
+    """The connection was found closed before any byte of the reply: the request went unanswered."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("reset", message)
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,7 @@ class FileClient:
         self._sock: socket.socket | None = None
         self._leftover = b""
         self._received = ReceiveBuffer()
+        self._reply_started = False
 
     # ------------------------------------------------------------------ connection
 
@@ -190,7 +199,7 @@ class FileClient:
     # ------------------------------------------------------------------ commands
 
     def list(self) -> list[str]:
-        reply = self._simple(build_request("LIST"))
+        reply = self._simple(build_request("LIST"), repeatable=True)
         names = reply.get("data")
         if not isinstance(names, list):
             raise ClientError("corrupt", f"LIST reply has no list of names: {reply!r:.200}")
@@ -201,7 +210,7 @@ class FileClient:
 
     def stats(self) -> dict:
         """The server's request counters (an extension: servers of the course toolkit only)."""
-        data = self._simple(build_request("STATS")).get("data")
+        data = self._simple(build_request("STATS"), repeatable=True).get("data")
         if not isinstance(data, dict):
             raise ClientError("corrupt", "STATS reply has no counters")
         return data
@@ -213,8 +222,8 @@ class FileClient:
         started = time.perf_counter()
         sink = _ContentSink(dest, progress)
         try:
-            self._send(build_request("GET", _checked_name(name)))
-            fields = self._receive(sink)
+            request = build_request("GET", _checked_name(name))
+            fields = self._repeatable(lambda: self._exchange(request, sink))
             sink.finish()
         except OSError as exc:          # socket errors are ClientErrors already: this is the local side
             sink.abort()
@@ -302,11 +311,30 @@ class FileClient:
 
     # ------------------------------------------------------------------ wire
 
-    def _simple(self, request: bytes) -> dict:
-        self._send(request)
-        reply = self._receive(None)
+    def _simple(self, request: bytes, repeatable: bool = False) -> dict:
+        reply = self._repeatable(lambda: self._exchange(request, None)) if repeatable else self._exchange(request, None)
         _raise_for_status(reply, str(reply.get("data", "")))
         return reply
+
+    def _exchange(self, request: bytes, sink: _ContentSink | None) -> dict:
+        self._send(request)
+        return self._receive(sink)
+
+    def _repeatable(self, attempt: Callable[[], _T]) -> _T:
+        """Run a request that is safe to repeat, once more on a fresh connection if a kept one was closed.
+
+        Servers that answer one request per connection close it after the reply, so
+        the next request on it meets a closed socket before any byte of its reply.
+        A fresh connection that does the same is a real failure and is not retried.
+        """
+        kept = self._sock is not None
+        try:
+            return attempt()
+        except _ClosedBeforeReply:
+            if not kept:
+                raise
+            self.close()
+            return attempt()
 
     def _send(self, data: bytes, keep_open: bool = False) -> None:
         """Send ``data``; on failure close the connection unless the caller still wants to read it."""
@@ -316,7 +344,7 @@ class FileClient:
         except OSError as exc:
             if not keep_open:
                 self.close()
-            raise _client_error(exc, "sending the request failed") from None
+            raise _unanswered(_client_error(exc, "sending the request failed")) from None
 
     def _receive(self, sink: _ContentSink | None) -> dict:
         """Read one reply; stream its content into ``sink`` (GET) or buffer it all."""
@@ -324,6 +352,7 @@ class FileClient:
         parser = ReplyParser(stream_keys=CONTENT_KEYS if sink is not None else ())
         fields: dict = {}
         data, self._leftover = self._leftover, b""
+        self._reply_started = bool(data)
         try:
             with receive_size() as chunk:
                 return self._receive_into(sock, parser, sink, fields, data, chunk)
@@ -332,7 +361,8 @@ class FileClient:
             raise ClientError("corrupt", f"malformed reply from the server: {exc}") from None
         except OSError as exc:
             self.close()
-            raise _client_error(exc, "reading the reply failed") from None
+            error = _client_error(exc, "reading the reply failed")
+            raise (error if self._reply_started else _unanswered(error)) from None
         except ClientError:
             self.close()
             raise
@@ -345,7 +375,10 @@ class FileClient:
             if not data:
                 data = self._received.receive(sock, sink.aligned(chunk) if sink is not None else chunk)
                 if not data:
+                    if not self._reply_started:
+                        raise _ClosedBeforeReply("the server closed the connection without replying")
                     raise ClientError("reset", "the server closed the connection before replying in full")
+                self._reply_started = True
             if self._dispatch(parser.feed(data), sink, fields):
                 self._leftover = parser.leftover
                 return fields
@@ -430,6 +463,11 @@ def _raise_for_status(reply: dict, message: str) -> None:
     if status == "ERROR":
         raise ClientError("server", f"server error: {message or 'no message'}")
     raise ClientError("corrupt", f"reply has no valid status: {status!r}")
+
+
+def _unanswered(error: ClientError) -> ClientError:
+    """A reset met before any byte of the reply came back means the request went unanswered."""
+    return _ClosedBeforeReply(str(error)) if error.kind == "reset" else error
 
 
 def _client_error(exc: OSError, doing: str) -> ClientError:

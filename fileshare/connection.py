@@ -155,7 +155,7 @@ class Connection:
         with source:
             try:
                 self.replying = True
-                self.sock.sendall(get_reply_prefix(name))
+                self.sock.sendall(get_reply_prefix(name, self.ctx.get_key))
                 for piece in iter_encoded(source):
                     self.sock.sendall(piece)
             except OSError:

@@ -1,5 +1,8 @@
 """The harness of the sweep, the tests and the bench: our own processes, started and watched.
 
+Servers of anyone's making (:class:`ForeignServer`) are started and stopped the
+same way, and one running elsewhere (:class:`AttachedServer`) is only addressed.
+
 Every child is started in a session (process group) of its own, so that it and
 whatever it forks can be stopped together by group id, never by name.  The
 readers of /proc (Linux) that tell what those processes are doing live here too,
@@ -9,10 +12,14 @@ and only here.
 from __future__ import annotations
 
 import os
+import re
 import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -111,6 +118,162 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+READY_LINE = re.compile(rb"^listening on (.*):(\d+)\r?\n", re.MULTILINE)   # a whole line: the port is complete
+GROUP_GONE_TIMEOUT = 10.0   # how long a stopped server's group may take to vanish (and free its port)
+
+
+class ForeignServer(ServerProcess):
+    """A server of anyone's making, started from a command line (no shell).
+
+    It gets MAX_WORKERS, SERVER_PORT and FILES_DIR in its environment and a fresh
+    temporary folder as its working directory (removed when it stops).  It is ready
+    when it prints ``listening on HOST:PORT`` or, since it may print nothing, when
+    its port accepts a connection.  Its stdout and stderr go to unnamed temporary
+    files, so a chatty server never blocks on a full pipe, and what it said is kept
+    for the error message if it fails to start.  It is stopped by process group,
+    SIGTERM then SIGKILL, since its workers may outlive a signal to their parent.
+    """
+
+    def __init__(self, model: str, command: Sequence[str], root: str | os.PathLike, workers: int,
+                 port: int | None = None, host: str = "127.0.0.1", env: Mapping[str, str] | None = None) -> None:
+        if not command:
+            raise ValueError(f"the {model} server needs a command")
+        self.model, self.workers, self.command = model, workers, list(command)
+        self.root, self.fixed_port = os.fspath(root), port
+        self.base_env = dict(os.environ if env is None else env)
+        self.proc: subprocess.Popen | None = None
+        self.host, self.port = host, port or 0
+        self.workdir: str | None = None
+        self._stdout = self._stderr = None
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> "ForeignServer":
+        """Start the command and wait, at most ``ready_timeout`` seconds, until it serves."""
+        self.port = self.fixed_port or free_port(self.host)
+        if self.fixed_port and port_accepts(self.host, self.port):
+            raise ServerStartError(f"{self.model} server: port {self.port} already accepts connections before "
+                                   "the server starts; stop whatever listens there (ss -ltnp) and try again")
+        env = dict(self.base_env, MAX_WORKERS=str(self.workers), SERVER_PORT=str(self.port), FILES_DIR=self.root)
+        self.workdir = tempfile.mkdtemp(prefix=f"fileserver-{_safe(self.model)}-")
+        self._stdout, self._stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(self.command, stdout=self._stdout, stderr=self._stderr,
+                                         stdin=subprocess.DEVNULL, cwd=self.workdir, env=env, start_new_session=True)
+        except OSError as exc:
+            self.stop()
+            raise ServerStartError(f"{self.model} server: cannot run {self.command[0]!r}: {exc.strerror or exc}") \
+                from None
+        try:
+            self._wait_ready(ready_timeout)
+        except ServerStartError:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None and self._stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            announced = READY_LINE.search(os.pread(self._stdout.fileno(), 4096, 0))
+            if announced:
+                host = announced.group(1).decode("utf-8", "replace").strip("[]")
+                if host not in ("", "0.0.0.0", "::"):       # a wildcard address is reached through ours
+                    self.host = host
+                self.port = int(announced.group(2))
+                return
+            if self.proc.poll() is not None:
+                raise ServerStartError(f"{self.model} server exited with status {self.proc.returncode} before "
+                                       f"it served; it said: {self.said() or 'nothing'}")
+            if port_accepts(self.host, self.port):
+                return
+            if time.monotonic() >= deadline:
+                raise ServerStartError(f"{self.model} server did not print 'listening on HOST:PORT' nor accept "
+                                       f"connections on {self.host}:{self.port} within {timeout:g} s; it said: "
+                                       f"{self.said() or 'nothing'}")
+            time.sleep(0.1)
+
+    def said(self, limit: int = 600) -> str:
+        """The end of what the server wrote to stderr (else stdout), on one line."""
+        for output in (self._stderr, self._stdout):
+            if output is None:
+                continue
+            size = os.fstat(output.fileno()).st_size
+            text = os.pread(output.fileno(), limit, max(0, size - limit)).decode("utf-8", "replace")
+            if text.strip():
+                return " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
+        return ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM to the whole group, wait up to ``timeout``, then SIGKILL; wait until the group is gone."""
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                kill_group(proc, signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            kill_group(proc)
+            proc.wait(10)
+            # A fixed port is free again only once every worker of the group is gone.
+            deadline = time.monotonic() + GROUP_GONE_TIMEOUT
+            while process_group_pids(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for output in (self._stdout, self._stderr):
+            if output is not None:
+                output.close()
+        self._stdout = self._stderr = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        return None if proc is None else proc.returncode
+
+
+class AttachedServer:
+    """A server already running elsewhere (another machine, say): never started or stopped here."""
+
+    proc = None
+
+    def __init__(self, model: str, host: str, port: int, workers: int) -> None:
+        self.model, self.host, self.port, self.workers = model, host, port, workers
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def returncode(self) -> None:
+        return None
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> "AttachedServer":
+        return self
+
+    def alive(self) -> bool:
+        return True       # only its clients can tell: a server that is gone fails them with 'refused'
+
+    def stop(self, timeout: float = 20.0) -> None:
+        return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the usual small race: it may be taken before it is used)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def port_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts a TCP connection on ``host:port`` (the connection is closed at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> tuple[str, bytes]:

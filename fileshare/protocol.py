@@ -363,9 +363,15 @@ def error_reply(message: str) -> bytes:
     return build_reply("ERROR", data=message)
 
 
-def get_reply_prefix(name: str) -> bytes:
-    """Everything of a GET reply before the base64 content."""
-    return b'{"status": "OK", "data_namafile": ' + json.dumps(name).encode("utf-8") + b', "data_file": "'
+GET_REPLY_KEYS = ("data_file", "data")    # the course's key, and the one some other implementations' clients read
+
+
+def get_reply_prefix(name: str, key: str = "data_file") -> bytes:
+    """Everything of a GET reply before the base64 content, which is carried under ``key``."""
+    if key not in GET_REPLY_KEYS:
+        raise ValueError(f"a GET reply carries its content as one of {GET_REPLY_KEYS}, not {key!r}")
+    return (b'{"status": "OK", "data_namafile": ' + json.dumps(name).encode("utf-8") + b', "'
+            + key.encode("ascii") + b'": "')
 
 
 GET_REPLY_SUFFIX = b'"}' + TERMINATOR

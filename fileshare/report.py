@@ -274,6 +274,12 @@ def _pool_findings(run: Run, ops: Sequence[str], models: Sequence[str]) -> list[
     return found
 
 
+def uncounted_models(run: Run) -> list[str]:
+    """Models whose server never reported its own counts (no STATS): their server columns stay empty."""
+    counted = {c["model"] for c in run.cells.values() if c["result"].get("server_succeeded") is not None}
+    return [m for m in run.models() if m not in counted]
+
+
 def _failure_findings(run: Run) -> list[str]:
     cells = run.cells.values()
     transfers = sum(int(c["clients"]) for c in cells)
@@ -297,6 +303,8 @@ def _failure_findings(run: Run) -> list[str]:
         text += " In every cell the server reported, its count of successful requests equals the clients' successes."
     if unreported:
         text += f" {unreported} cells have no server count (the server could not report it)."
+    for model in uncounted_models(run):
+        text += f" The {model} server could not report its request counts (no STATS), so its cells have none."
     return [text]
 
 

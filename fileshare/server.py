@@ -26,6 +26,7 @@ from typing import Callable, Protocol, Sequence
 
 from .cli import grace_seconds, port_number, positive_int, size_mib, timeout_seconds
 from .idle import HandBacks, IdleConnections, drain_wakeups
+from .protocol import GET_REPLY_KEYS
 from .state import RequestCounters, ServerContext, StopFlag
 from .store import remove_temp_files
 
@@ -94,6 +95,9 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
                         help="largest upload accepted, in MiB (default: %(default)s)")
     parser.add_argument("--grace", type=grace_seconds, default=5.0,
                         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default: %(default)s)")
+    parser.add_argument("--get-key", choices=GET_REPLY_KEYS, default=env("GET_REPLY_KEY", "data_file"),
+                        help="key a GET reply carries the content in; 'data' serves clients that read only "
+                             "that key. data_namafile is sent either way (env GET_REPLY_KEY, default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging detail on stderr (default: %(default)s)")
     return parser
@@ -126,7 +130,10 @@ class _StopSignal:
 
 def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
                argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser(description).parse_args(argv)
+    parser = build_arg_parser(description)
+    args = parser.parse_args(argv)
+    if args.get_key not in GET_REPLY_KEYS:      # argparse checks choices of flags, not of defaults from env
+        parser.error(f"GET_REPLY_KEY must be one of {', '.join(GET_REPLY_KEYS)}, not {args.get_key!r}")
     # From here on SIGTERM/SIGINT mean "stop gracefully", even during start-up.
     stop = _StopSignal()
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -146,7 +153,8 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     mp = multiprocessing.get_context("fork")
     ctx = ServerContext(root=root, timeout=args.timeout,
                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                        temp_tag=str(os.getpid()), counters=RequestCounters(mp), stopping=StopFlag(mp))
+                        temp_tag=str(os.getpid()), counters=RequestCounters(mp), stopping=StopFlag(mp),
+                        get_key=args.get_key)
     try:
         listener = socket.create_server((args.host, args.port), backlog=1024)
     except OSError as exc:

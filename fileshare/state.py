@@ -106,3 +106,4 @@ class ServerContext:
     temp_tag: str              # marks this server's temporary upload files
     counters: RequestCounters
     stopping: StopFlag
+    get_key: str = "data_file"    # the GET reply's content key (--get-key)
