@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional, TypeVar, Union
+from typing import BinaryIO, Callable, NoReturn, Optional, TypeVar, Union
 
 from .protocol import TERMINATOR, ProtocolError, StrictBase64Decoder, build_request, upload_prefix, validate_name
 from .replies import CONTENT_KEYS, ContentData, ContentEnd, ContentStart, ReplyEnd, ReplyField, ReplyParser
@@ -290,19 +290,27 @@ class FileClient:
                     progress(raw_len)
             self._send(TERMINATOR, keep_open=True)
         except ClientError as send_error:
-            # The server may have refused early (too large, say) and said why.
-            reply = self._try_reading_reply()
-            self.close()
-            if reply is not None:
-                _raise_for_status(reply, str(reply.get("data", "")))
-            raise send_error
+            self._raise_refusal(send_error)
         except OSError as exc:          # reading the source (socket errors are ClientErrors already)
             self.close()                # half a request is out: the connection is no use
             raise ClientError("other", f"UPLOAD {name}: cannot read the content: {exc.strerror or exc}") from None
+        sha256 = digest.hexdigest() if digest is not None else known_sha256
+        return self._upload_result(name, size, sha256, started)
+
+    def _raise_refusal(self, send_error: ClientError) -> NoReturn:
+        """Sending an upload failed: the server may have refused early (too large, say) and
+        said why; raise that, else ``send_error``.  The connection is closed either way."""
+        reply = self._try_reading_reply()
+        self.close()
+        if reply is not None:
+            _raise_for_status(reply, str(reply.get("data", "")))
+        raise send_error
+
+    def _upload_result(self, name: str, size: int, sha256: str, started: float) -> TransferResult:
+        """Read an upload's reply and check the server stored ``size`` bytes with ``sha256``."""
         reply = self._receive(None)
         seconds = time.perf_counter() - started
         _raise_for_status(reply, str(reply.get("data", "")))
-        sha256 = digest.hexdigest() if digest is not None else known_sha256
         if "size" in reply and reply["size"] != size:
             raise ClientError("corrupt", f"UPLOAD {name}: sent {size} bytes, server stored {reply['size']}")
         if "sha256" in reply and reply["sha256"] != sha256:

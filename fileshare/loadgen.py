@@ -257,19 +257,5 @@ class VerifyingClient(FileClient):
                     raise _client_error(exc, "sending the request failed") from None
             self._send(TERMINATOR, keep_open=True)
         except ClientError as send_error:
-            reply = self._try_reading_reply()      # the server may have refused early, and said why
-            self.close()
-            if reply is not None:
-                _raise_for_status(reply, str(reply.get("data", "")))
-            raise send_error
-        reply = self._receive(None)
-        seconds = time.perf_counter() - started
-        _raise_for_status(reply, str(reply.get("data", "")))
-        if reply.get("size", encoded.content_size) != encoded.content_size:
-            raise ClientError("corrupt", f"UPLOAD {name}: sent {encoded.content_size} bytes, "
-                                         f"server stored {reply['size']}")
-        if reply.get("sha256", encoded.content_sha256) != encoded.content_sha256:
-            raise ClientError("corrupt", f"UPLOAD {name}: server's SHA-256 {reply['sha256']} differs from "
-                                         f"{encoded.content_sha256}")
-        return TransferResult(name, encoded.content_size, seconds, encoded.content_sha256,
-                              server_confirmed="sha256" in reply)
+            self._raise_refusal(send_error)
+        return self._upload_result(name, encoded.content_size, encoded.content_sha256, started)
