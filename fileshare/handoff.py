@@ -169,7 +169,8 @@ def _send_message(channel: socket.socket, kind: bytes, payload: bytes, fd: int |
         channel.sendall(message)
         return
     sent = socket.send_fds(channel, [message], [fd])
-    channel.sendall(message[sent:])
+    if sent < len(message):         # never an empty send: the peer may have read all and closed
+        channel.sendall(message[sent:])
 
 
 def _receive_message(channel: socket.socket) -> tuple[bytes, bytes, list[int]]:

@@ -98,6 +98,21 @@ class IdleTestsMixin:
         self.crowd(server, 40)                        # never send a byte
         self.assert_serving(server)
 
+    def test_hand_backs_are_clean(self) -> None:
+        """Every connection a worker gives back arrives without an error on either side
+        (a process worker's empty send after its descriptor once met a closed channel)."""
+        server = self.start_server(workers=2)
+        with ExitStack() as stack:
+            clients = [stack.enter_context(server.connect()) for _ in range(4)]
+            for _ in range(10):
+                for client in clients:
+                    self.assertEqual(client.command("LIST")["status"], "OK")
+        self.assert_serving(server)
+        server.stop()
+        log = server.stderr_text()
+        for complaint in ("could not give a connection back", "failed to collect or return"):
+            self.assertNotIn(complaint, log)
+
     def test_keep_alive_clients_idle_between_requests(self) -> None:
         server = self.start_server(workers=2)
         clients = self.crowd(server, 8)
