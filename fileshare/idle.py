@@ -56,7 +56,10 @@ class Waiting:
         self.last_byte_at = now
         self.head += data
         try:
-            if self.parser.feed(data):
+            # Stop at the first complete head: what follows it (pipelined requests) is the
+            # worker's to parse, once, rather than the loop's again after every reply.
+            events, _ = self.parser.feed_request(data)
+            if events:
                 return True
         except ProtocolError:
             return True
@@ -93,6 +96,8 @@ class IdleConnections:
 
     def read(self, waiting: Waiting) -> tuple[socket.socket, bytes] | None:
         """The connection is readable: (sock, head) once its head is complete."""
+        if self._by_arrival.get(waiting.sock) is not waiting:
+            return None     # closed earlier in the same batch of events (--max-connections)
         try:
             data = waiting.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):

@@ -9,10 +9,12 @@ server still serves.  Also the sans-IO pieces the loop relies on.
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import unittest
 from contextlib import ExitStack
@@ -21,6 +23,8 @@ from tests.support import (TERMINATOR, Client, RunningServer, build, decode_repl
                            trickle_until_closed, wait_until)
 from tests.test_servers import OLD, ServerTestsMixin, write_big_file
 
+from fileshare.process_pool import ProcessDispatcher
+from fileshare.state import RequestCounters, ServerContext
 from fileshare.protocol import (Request, RequestParser, UploadData, UploadEnd, UploadStart, requests_begun,
                                 unterminated_request)
 
@@ -69,6 +73,9 @@ class SansIOTests(unittest.TestCase):
         self.assertEqual(requests_begun(b"UPLOAD a QUJD\r\n\r\nUPLOAD b QU"), 2)
         self.assertEqual(requests_begun(b"STATS\r\n\r\nLIST\r\n\r\n"), 1, "STATS is never counted")
         self.assertEqual(requests_begun(b"UPLOAD a QU*D\r\n\r\n"), 1)
+        for partial in (b"STATS", b"stat", b"S", b"STATS\r\n"):     # cut short, it is still a STATS
+            self.assertEqual(requests_begun(b"LIST\r\n\r\n" + partial), 1, partial)
+        self.assertEqual(requests_begun(b"LIST\r\n\r\nSTATSX"), 2)
 
 
 class IdleTestsMixin:
@@ -214,6 +221,39 @@ class IdleTestsMixin:
             self.assertEqual(first.command("LIST")["status"], "OK")
         self.assert_serving(server)
 
+    def test_eviction_and_a_read_in_one_batch_of_events(self) -> None:
+        """The connection --max-connections closes may have a read of its own waiting in the
+        same select() batch; the loop must skip it, not crash (it once exited with status 1)."""
+        server = self.start_server(workers=1, extra_args=["--max-connections", "2"])
+        oldest, _ = self.crowd(server, 2)
+        time.sleep(0.2)                          # both accepted (a STATS here would evict one)
+        server.signal(signal.SIGSTOP)            # hold the loop so both events land in one select()
+        try:
+            newcomer = self.crowd(server, 1)[0]  # the listener is readable first...
+            oldest.send(build("LIST"))           # ...then the oldest connection
+            time.sleep(0.2)                      # let both events arrive while the loop is held
+        finally:
+            server.signal(signal.SIGCONT)
+        self.assertTrue(oldest.wait_closed(5), "the oldest connection was not closed to make room")
+        self.assertEqual(newcomer.command("LIST")["status"], "OK")
+        self.assert_serving(server)
+        self.assertIsNone(server.returncode)
+
+    def test_requests_cut_at_the_end_of_the_grace_are_counted(self) -> None:
+        """A request a worker holds and one queued behind it, both cut when the grace ends:
+        two failed requests, on both servers."""
+        server = self.start_server(workers=1, extra_args=["--grace", "0.5"])
+        before = self.stats(server)
+        stalled, queued = self.crowd(server, 2)
+        stalled.send(b"UPLOAD slow.bin QUFB")              # its head is complete; its content stalls
+        self.assertTrue(wait_until(lambda: list(self.root.glob(".upload-*")), 5), "the upload never started")
+        queued.send(build("LIST"))                          # waits for the only worker
+        time.sleep(0.2)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(20), 0)
+        counts = server.stderr_text().rsplit("stopped; requests: ", 1)[1].splitlines()[0]
+        self.assertIn(f"'failed': {before['failed'] + 2}", counts)
+
     # ------------------------------------------------------------------ counting
 
     def test_requests_behind_an_undeliverable_reply_count_as_failed(self) -> None:
@@ -288,3 +328,29 @@ class ProcessIdleTests(IdleTestsMixin, unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ProcessDispatcherGivesUpTests(unittest.TestCase):
+    def test_a_connection_no_pool_can_take_is_answered_and_counted(self) -> None:
+        """When every pool fails, the connection gets an ERROR and its request one failed count."""
+        mp = multiprocessing.get_context("fork")
+        with tempfile.TemporaryDirectory() as root:
+            ctx = ServerContext(root=root, timeout=5, max_upload_bytes=1 << 20, temp_tag="test",
+                                counters=RequestCounters(mp))
+            dispatcher = ProcessDispatcher()
+            dispatcher.start(ctx, 1, lambda conn, beyond: conn.close())
+            try:
+                def no_pool(token: bytes) -> None:
+                    raise RuntimeError("3 worker pools in a row failed")
+                dispatcher._submit_to_live_pool = no_pool          # what repeated failed forks end in
+                server_end, client_end = socket.socketpair()
+                with client_end:
+                    dispatcher.dispatch(server_end, build("LIST")).result(10)
+                    client_end.settimeout(5)
+                    reply = decode_reply(client_end.recv(4096))
+                self.assertEqual(reply["status"], "ERROR")
+                self.assertIn("could not start a worker", reply["data"])
+                self.assertEqual(ctx.counters.snapshot()["failed"], 1)
+            finally:
+                dispatcher.force_close()
+                dispatcher.shutdown()
