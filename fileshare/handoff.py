@@ -44,7 +44,11 @@ _HEADER = struct.Struct("!cI")
 def _remove_stale_folders() -> None:
     """Remove the handoff folders of servers that were killed before they could."""
     for path in stale_leftovers(tempfile.gettempdir(), FOLDER_PREFIX):
-        if os.stat(path).st_uid == os.getuid():
+        try:
+            ours = os.stat(path).st_uid == os.getuid()
+        except OSError:         # another server starting at the same moment removed it first
+            continue
+        if ours:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -63,6 +67,7 @@ class HandoffServer:
         self._listener.listen(128)
         self._given_back = given_back
         self._pending: dict[bytes, tuple[socket.socket, bytes]] = {}
+        self._claimed: set[bytes] = set()       # tokens a worker collected, until withdrawn
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="handoff", daemon=True)
@@ -82,12 +87,29 @@ class HandoffServer:
         with self._lock:
             return token in self._pending
 
-    def withdraw(self, token: bytes) -> None:
-        """Close a socket no worker claimed (its task was cancelled or failed)."""
+    def claimed(self, token: bytes) -> bool:
+        """True once a worker has collected the socket kept under ``token`` (until it is withdrawn)."""
+        with self._lock:
+            return token in self._claimed
+
+    def withdraw(self, token: bytes, last_words: bytes = b"") -> bytes | None:
+        """Close a socket no worker claimed (its task was cancelled or failed), after sending it
+        ``last_words`` if it will take them at once; return the bytes read from it, None if a
+        worker had claimed it."""
         with self._lock:
             kept = self._pending.pop(token, None)
-        if kept is not None:
-            kept[0].close()
+            self._claimed.discard(token)
+        if kept is None:
+            return None
+        conn, head = kept
+        with conn:
+            if last_words:
+                try:
+                    conn.setblocking(False)
+                    conn.send(last_words)
+                except OSError:
+                    pass
+        return head
 
     def _serve(self) -> None:
         while True:
@@ -120,6 +142,8 @@ class HandoffServer:
             raise ConnectionError(f"unexpected handoff message {kind!r}")
         with self._lock:
             kept = self._pending.pop(payload, None)
+            if kept is not None:
+                self._claimed.add(payload)
         if kept is None:
             _send_message(channel, GONE, b"")
             return
@@ -127,9 +151,10 @@ class HandoffServer:
         with conn:
             _send_message(channel, FOUND, head, conn.fileno())
 
-    def close(self) -> None:
+    def close(self) -> list[bytes]:
+        """Stop; return what had been read from each connection no worker claimed."""
         if self._closed:
-            return
+            return []
         self._closed = True
         self._listener.close()
         with self._lock:
@@ -137,6 +162,7 @@ class HandoffServer:
         for conn, _ in leftovers:
             conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+        return [head for _, head in leftovers]
 
 
 def claim(path: str, token: bytes) -> tuple[socket.socket, bytes] | None:

@@ -21,6 +21,7 @@ from typing import Callable
 
 from .connection import serve_request
 from .handoff import HandoffServer, claim, close_inherited_sockets, give_back
+from .protocol import error_reply
 from .state import ServerContext
 from .store import remove_temp_files
 
@@ -152,7 +153,7 @@ class ProcessDispatcher:
                 future = self._submit_to_live_pool(token)
             except Exception as exc:
                 log.error("connection dropped: %s", exc)
-                self._release(token, settled)
+                self._release(token, settled, error_reply(f"the server could not start a worker: {exc}"))
                 return
         future.add_done_callback(lambda done: self._settle(done, token, settled, offers))
 
@@ -202,11 +203,18 @@ class ProcessDispatcher:
             return
         if error is not None and not lost:
             log.error("a worker failed to take its connection: %r", error)
+        if lost and self._closing and self._handoff.claimed(token):
+            # A worker had it and was killed at the end of the grace period, its request unfinished.
+            # (A worker killed in the instant between counting its reply and returning would make
+            # this a second count; that instant is a hand-back's round trip.)
+            self._ctx.counters.failed()
         self._release(token, settled)
 
-    def _release(self, token: bytes, settled: concurrent.futures.Future) -> None:
-        """This connection is done with: served, or to be closed unserved."""
-        self._handoff.withdraw(token)       # closes the socket unless a worker collected it
+    def _release(self, token: bytes, settled: concurrent.futures.Future, last_words: bytes = b"") -> None:
+        """This connection is done with: served, or to be closed unserved (and its requests counted)."""
+        head = self._handoff.withdraw(token, last_words)    # None if a worker collected it
+        if head is not None:
+            self._ctx.counters.unanswered(head)
         settled.set_result(None)
 
     def _resubmit_unclaimed(self) -> None:
@@ -224,7 +232,11 @@ class ProcessDispatcher:
         # its connection past the grace period); the pool then fails whatever was queued.
         self._closing = True
         _kill_workers()
-        self._handoff.close()
+        self._count_unclaimed()
+
+    def _count_unclaimed(self) -> None:
+        for head in self._handoff.close():
+            self._ctx.counters.unanswered(head)
 
     def shutdown(self) -> None:
         with self._lock:                    # waits for a pool start in progress, if any
@@ -245,4 +257,4 @@ class ProcessDispatcher:
             child.join(5)
         if stopping is not None:
             stopping.join(5)                # quick now that its workers are gone
-        self._handoff.close()
+        self._count_unclaimed()

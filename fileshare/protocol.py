@@ -201,10 +201,10 @@ class RequestParser:
         """True between requests: no byte of a next request has arrived."""
         return self._state == self._HEAD and not self._head
 
-    @property
-    def receiving_head(self) -> bool:
-        """True while part of a request line (or of an upload's name) has arrived."""
-        return self._state == self._HEAD and bool(self._head)
+    def partial_stats(self) -> bool:
+        """True while what has arrived of the next request can only be a STATS (never counted)."""
+        partial = bytes(self._head).rstrip(b"\r\n").upper() if self._state == self._HEAD else b""
+        return bool(partial) and b"STATS".startswith(partial)
 
     def feed(self, data: Union[bytes, bytearray]) -> list[RequestEvent]:
         return self._feed(data, stop_after_request=False)[0]
@@ -339,7 +339,7 @@ def requests_begun(data: Union[bytes, bytearray]) -> int:
                 count += 1
     except ProtocolError:
         return count + 1
-    return count if parser.idle else count + 1
+    return count if parser.idle or parser.partial_stats() else count + 1
 
 
 def _decode_text(raw: Union[bytes, bytearray]) -> str:

@@ -27,7 +27,7 @@ from typing import Callable, Protocol, Sequence
 from .cli import grace_seconds, port_number, positive_int, size_mib, timeout_seconds
 from .idle import HandBacks, IdleConnections, drain_wakeups
 from .protocol import GET_REPLY_KEYS
-from .state import RequestCounters, ServerContext, StopFlag
+from .state import RequestCounters, ServerContext
 from .store import remove_temp_files
 
 log = logging.getLogger("fileserver")
@@ -153,7 +153,7 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
     mp = multiprocessing.get_context("fork")
     ctx = ServerContext(root=root, timeout=args.timeout,
                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                        temp_tag=str(os.getpid()), counters=RequestCounters(mp), stopping=StopFlag(mp),
+                        temp_tag=str(os.getpid()), counters=RequestCounters(mp),
                         get_key=args.get_key)
     try:
         listener = socket.create_server((args.host, args.port), backlog=1024)
@@ -184,7 +184,6 @@ def run_server(make_dispatcher: Callable[[], Dispatcher], description: str,
         drained = True
     finally:
         listener.close()
-        ctx.stopping.set()
         if not drained:            # an unexpected error: do not wait for anyone
             dispatcher.force_close()
         dispatcher.shutdown()
@@ -246,7 +245,6 @@ class _Loop:
         self.selector.unregister(self.listener)
         self.listener.close()
         self.stopping = True
-        self.ctx.stopping.set()
         closed = self.idle.close_idle()
         log.info("stopping (signal %s): %d requests in flight, %d idle connections closed",
                  self.stop.received, len(self.in_flight), closed)

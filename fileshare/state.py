@@ -1,9 +1,10 @@
 """The state a server shares with every worker thread and process.
 
-Request counters and the stop flag live in shared memory (made from the fork
-context before any worker starts), so a thread pool and a process pool count
-and stop alike; :class:`ServerContext` bundles them with the server's settings
-and is what a worker receives.
+The request counters live in shared memory (made from the fork context before
+any worker starts), so a thread pool and a process pool count alike;
+:class:`ServerContext` bundles them with the server's settings and is what a
+worker receives.  (Stopping is the accept loop's business alone: a worker only
+ever holds a request in progress.)
 """
 
 from __future__ import annotations
@@ -79,24 +80,6 @@ class RequestCounters:
         return {"succeeded": succeeded, "failed": failed, "connections": connections}
 
 
-class StopFlag:
-    """Set once, when the server stops; read by every worker thread and process.
-
-    A bare shared byte, without the lock a multiprocessing.Event takes on every
-    read: a worker killed while reading (a breaking pool stops all its workers)
-    would leave that lock held, and every other worker would hang on its next read.
-    """
-
-    def __init__(self, mp_context: Any = None) -> None:
-        self._flag = (mp_context or multiprocessing.get_context()).RawValue("b", 0)
-
-    def set(self) -> None:
-        self._flag.value = 1
-
-    def is_set(self) -> bool:
-        return bool(self._flag.value)
-
-
 @dataclass
 class ServerContext:
     """Everything a worker needs; picklable into a worker process at its start."""
@@ -105,5 +88,4 @@ class ServerContext:
     max_upload_bytes: int
     temp_tag: str              # marks this server's temporary upload files
     counters: RequestCounters
-    stopping: StopFlag
     get_key: str = "data_file"    # the GET reply's content key (--get-key)

@@ -19,12 +19,12 @@ class ThreadDispatcher:
         self._ctx = ctx
         self._hand_back = hand_back
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="worker")
-        self._open: set[socket.socket] = set()
+        self._open: dict[socket.socket, bytes] = {}     # connection -> the bytes read from it
         self._lock = threading.Lock()
 
     def dispatch(self, conn: socket.socket, head: bytes) -> concurrent.futures.Future:
         with self._lock:
-            self._open.add(conn)
+            self._open[conn] = head
         return self._executor.submit(self._serve, conn, head)
 
     def _serve(self, conn: socket.socket, head: bytes) -> None:
@@ -32,7 +32,7 @@ class ThreadDispatcher:
             beyond = serve_request(conn, self._ctx, head)
         finally:
             with self._lock:
-                self._open.discard(conn)
+                self._open.pop(conn, None)
         if beyond is not None:
             self._hand_back(conn, beyond)
 
@@ -50,6 +50,7 @@ class ThreadDispatcher:
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            queued, self._open = list(self._open), set()
-        for conn in queued:
+            queued, self._open = self._open, {}
+        for conn, head in queued.items():     # cancelled before a worker took them
+            self._ctx.counters.unanswered(head)
             conn.close()

@@ -36,7 +36,7 @@ except ImportError:          # run from inside tests/
 
 from fileshare import connection
 from fileshare.protocol import TERMINATOR
-from fileshare.state import RequestCounters, ServerContext, StopFlag
+from fileshare.state import RequestCounters, ServerContext
 
 SUBPROCESS_TIMEOUT = 120
 CSV_HEADER = [
@@ -75,7 +75,7 @@ class InProcessConnectionTest(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.root = tmp.name
         self.ctx = ServerContext(root=self.root, timeout=10.0, max_upload_bytes=1024 * 1024,
-                                 temp_tag=str(os.getpid()), counters=RequestCounters(), stopping=StopFlag())
+                                 temp_tag=str(os.getpid()), counters=RequestCounters())
 
     def serve_one(self) -> tuple[Client, _CountingSocket, threading.Thread]:
         with socket.create_server((HOST, 0)) as listener:
