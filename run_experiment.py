@@ -194,11 +194,12 @@ def _memory_bytes() -> Optional[int]:
         return None
 
 
-def read_done(path: Path, client_pool: str) -> tuple[set, int]:
+def read_done(path: Path, client_pool: str, client_work: str = "verify") -> tuple[set, int]:
     """Cells already in an existing CSV (for --resume) and the last row number.
 
-    The CSV has no column for the client pool type, so the JSON Lines beside it
-    tell which one made each row; rows made with another one are not this sweep's.
+    The CSV has no column for the clients' kind (pool type and work), so the JSON
+    Lines beside it tell which made each row; rows made by other clients are not
+    this sweep's.
     """
     done, last = set(), 0
     with open(path, newline="", encoding="utf-8") as f:
@@ -212,16 +213,18 @@ def read_done(path: Path, client_pool: str) -> tuple[set, int]:
                                  "fix or remove it, or choose another --output")
             done.add(csv_key(row))
             last = max(last, int(row[0]))
-    pools = _client_pools(path.with_suffix(".jsonl"))
-    if done and pools != {client_pool}:
-        found = ", ".join(sorted(pools)) or "unknown (no JSON Lines beside it)"
-        raise SystemExit(f"run_experiment: {path} was made with client pool type {found}, not {client_pool}; "
-                         "choose another --output to keep both")
+    kinds = _client_kinds(path.with_suffix(".jsonl"))
+    if done and kinds != {(client_pool, client_work)}:
+        found = ", ".join(f"client pool type {pool} with --client-work {work}" for pool, work in sorted(kinds)) \
+            or "unknown clients (no JSON Lines beside it)"
+        raise SystemExit(f"run_experiment: {path} was made with {found}, not client pool type {client_pool} with "
+                         f"--client-work {client_work}; choose another --output to keep both")
     return done, last
 
 
-def _client_pools(jsonl: Path) -> set[str]:
-    pools = set()
+def _client_kinds(jsonl: Path) -> set[tuple[str, str]]:
+    """(client pool type, client work) of every cell; cells from before --client-work decoded."""
+    kinds = set()
     try:
         with open(jsonl, encoding="utf-8") as f:
             for line in f:
@@ -230,10 +233,10 @@ def _client_pools(jsonl: Path) -> set[str]:
                 except ValueError:
                     continue
                 if record.get("type") == "cell":
-                    pools.add(record.get("client_pool"))
+                    kinds.add((record.get("client_pool"), record.get("client_work", "decode")))
     except OSError:
         pass
-    return pools
+    return kinds
 
 
 def _duration(seconds: float) -> str:
@@ -258,7 +261,7 @@ class Sweep:
 
     def run(self) -> int:
         env = environment(self.interpreter)   # before the output files are opened: they would make the tree look dirty
-        done, number = (read_done(self.output, self.args.client_pool_type)
+        done, number = (read_done(self.output, self.args.client_pool_type, self.args.client_work)
                         if self.args.resume and self.output.exists() else (set(), 0))
         todo = [c for c in self.cells if c.key() not in done]
         if done:

@@ -125,6 +125,17 @@ class ExperimentTest(unittest.TestCase):
         self.assertEqual(after[2][3], "0.5 MB")
         self.assertEqual(again.stderr.count("ETA"), 1)            # only the missing cell ran
 
+    def test_resume_refuses_rows_made_by_other_clients(self) -> None:
+        first = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
+                               "--sizes", "0.25", "--client-workers", "1")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        before = read_csv(self.output)
+        again = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
+                               "--sizes", "0.25,0.5", "--client-workers", "1", "--resume", "--client-work", "decode")
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("--client-work verify", again.stderr)
+        self.assertEqual(read_csv(self.output), before)
+
     def test_ctrl_c_keeps_rows_and_leaves_no_process(self) -> None:
         proc = self.start_sweep("--models", "thread,process", "--server-workers", "2", "--ops", "download,upload",
                                 "--sizes", "0.25,0.5,1", "--client-workers", "1,2")
