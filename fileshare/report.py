@@ -325,6 +325,7 @@ def environment_table(run: Run) -> Table:
         ["platform", str(env.get("platform", "?"))],
         ["commit", (env.get("commit") or "?")[:12] + (" (with uncommitted changes)" if env.get("dirty") else "")],
         ["client pool type", ", ".join(sorted({str(c.get("client_pool")) for c in run.cells.values()}))],
+        ["client work", client_work(run)],
         ["sweep start", str(start or "?")],
     ]
     if env.get("end"):
@@ -428,11 +429,16 @@ def _interpreter(run: Run) -> str:
     return f"{env.get('implementation', '?')} {env.get('python', '?')}" + (f" ({', '.join(flags)})" if flags else "")
 
 
+def client_work(run: Run) -> str:
+    """What the run's clients did with the content; cells from before --client-work decoded."""
+    return ", ".join(sorted({str(c.get("client_work", "decode")) for c in run.cells.values()}))
+
+
 def runs_table(runs: Sequence[Run], labels: Sequence[str]) -> Table:
     rows = [[label, str(r.path), _interpreter(r), str(r.environment.get("cpu_count", "?")),
              (r.environment.get("commit") or "?")[:10], str(r.environment.get("start") or r.environment.get("date", "?")),
-             str(len(r.cells))] for r, label in zip(runs, labels)]
-    return Table(["run", "file", "interpreter", "CPUs", "commit", "start", "cells"], rows)
+             client_work(r), str(len(r.cells))] for r, label in zip(runs, labels)]
+    return Table(["run", "file", "interpreter", "CPUs", "commit", "start", "client work", "cells"], rows)
 
 
 def write_compare(runs: Sequence[Run], labels: Sequence[str], markdown: Path, chart: Path) -> None:

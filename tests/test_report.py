@@ -115,7 +115,8 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         report = (self.tmp / "run.md").read_text()
         for fact in ("CPython 3.14.0 (/opt/py/bin/python3.14t)", "| free-threaded build | yes |",
-                     "| GIL enabled | no |", "abcdef123456", "60 s", "python run_experiment.py --sizes 1"):
+                     "| GIL enabled | no |", "abcdef123456", "60 s", "python run_experiment.py --sizes 1",
+                     "| client work | decode |"):
             self.assertIn(fact, report)
         self.assertIn("| " + " | ".join(CSV_COLUMNS) + " |", report)
         self.assertIn("| upload | 1 MB | 4 | 2 | 200 | 300 | x1.50 | 0/0 |", report)
