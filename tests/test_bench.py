@@ -50,5 +50,16 @@ class BenchQuickTests(unittest.TestCase):
             self.assertTrue(values[0] > 0 and values[1] > 0 and values[3] > 0, numbers)
 
 
+class ReceiveFloorQuickTests(unittest.TestCase):
+    def test_quick_run_prints_both_clients(self):
+        proc = subprocess.run([sys.executable, str(script_path("bench/receive_floor.py")), "--quick"],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        for kind in ("receive only", "verify"):
+            row = re.search(rf"^{kind}\s+(\d+)\s+(\d+\.\d+)\s+(\d+)%$", proc.stdout, re.MULTILINE)
+            self.assertIsNotNone(row, f"no row for {kind!r} in:\n{proc.stdout}")
+            self.assertTrue(all(float(x) > 0 for x in row.groups()), row.group(0))
+
+
 if __name__ == "__main__":
     unittest.main()
