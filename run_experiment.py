@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The main job: sweep both servers through stress_test.py and write results.csv.
 
-    python run_experiment.py            # the full 108-cell sweep (under 10 minutes on 2 cores)
+    python run_experiment.py            # the full 108-cell sweep (about 6 minutes on 2 cores)
     python run_experiment.py --quick    # a tiny sweep, for a first try (writes results-quick.*)
     python run_experiment.py --report results.jsonl            # results.md from a finished run
     python run_experiment.py --compare a.jsonl b.jsonl         # two or more runs side by side
