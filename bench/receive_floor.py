@@ -45,7 +45,7 @@ RECEIVE = 256 * 1024
 def receive_only(port: int, name: str, expected: CanonicalEncoding) -> None:
     """GET ``name`` and receive the whole reply; stop at the terminator after the content's length."""
     buffer = bytearray(RECEIVE)
-    total = 0
+    total, tail = 0, b""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(build_request("GET", name))
         while True:
@@ -53,7 +53,9 @@ def receive_only(port: int, name: str, expected: CanonicalEncoding) -> None:
             if not received:
                 raise ConnectionError(f"closed after {total} bytes")
             total += received
-            if total > expected.size and buffer[received - len(TERMINATOR):received] == TERMINATOR:
+            # The terminator may straddle two receives: keep the last bytes seen.
+            tail = (tail + buffer[max(0, received - len(TERMINATOR)):received])[-len(TERMINATOR):]
+            if total > expected.size and tail == TERMINATOR:
                 return
 
 

@@ -5,7 +5,7 @@ head; a worker thread or process then calls :func:`serve_request` with the
 socket, the bytes the loop read and the server's :class:`ServerContext`.  It
 serves exactly that request (reading an upload's content itself) and gives the
 connection back with whatever it read beyond the request.  Everything it shares
-with the other workers (request counters, the stop flag) lives in the context,
+with the other workers (the request counters) lives in the context,
 in shared memory, so the thread and process servers behave alike.
 """
 

@@ -67,9 +67,12 @@ class HandoffServer:
         self._listener.listen(128)
         self._given_back = given_back
         self._pending: dict[bytes, tuple[socket.socket, bytes]] = {}
-        self._claimed: set[bytes] = set()       # tokens a worker collected, until withdrawn
+        # Our copy of each connection a worker collected, kept until its task is settled: a stop
+        # can then cut the worker's transfer (shutdown), and the worker counts the outcome itself.
+        self._claimed: dict[bytes, socket.socket] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._cutting = False
         self._thread = threading.Thread(target=self._serve, name="handoff", daemon=True)
 
     def start(self) -> None:
@@ -87,10 +90,24 @@ class HandoffServer:
         with self._lock:
             return token in self._pending
 
-    def claimed(self, token: bytes) -> bool:
-        """True once a worker has collected the socket kept under ``token`` (until it is withdrawn)."""
+    def claimed_count(self) -> int:
+        """Connections a worker collected whose task is not settled yet."""
         with self._lock:
-            return token in self._claimed
+            return len(self._claimed)
+
+    def cut(self) -> int:
+        """Hand out no more connections, and shut down every one a worker holds, which wakes it
+        from a blocked receive or send; it then counts the request and closes.  Returns how
+        many were cut."""
+        with self._lock:
+            self._cutting = True
+            held = list(self._claimed.values())
+        for conn in held:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(held)
 
     def withdraw(self, token: bytes, last_words: bytes = b"") -> bytes | None:
         """Close a socket no worker claimed (its task was cancelled or failed), after sending it
@@ -98,7 +115,9 @@ class HandoffServer:
         worker had claimed it."""
         with self._lock:
             kept = self._pending.pop(token, None)
-            self._claimed.discard(token)
+            ours = self._claimed.pop(token, None)
+        if ours is not None:
+            ours.close()
         if kept is None:
             return None
         conn, head = kept
@@ -141,15 +160,26 @@ class HandoffServer:
         if kind != CLAIM:
             raise ConnectionError(f"unexpected handoff message {kind!r}")
         with self._lock:
-            kept = self._pending.pop(payload, None)
-            if kept is not None:
-                self._claimed.add(payload)
+            kept = None if self._cutting else self._pending.pop(payload, None)
         if kept is None:
             _send_message(channel, GONE, b"")
             return
         conn, head = kept
-        with conn:
+        try:
             _send_message(channel, FOUND, head, conn.fileno())
+        except OSError:
+            with self._lock:        # the worker is gone: the connection waits for another
+                if not self._closed:
+                    self._pending[payload] = kept
+                    kept = None
+            if kept is not None:
+                conn.close()
+            raise
+        with self._lock:
+            if not self._closed:
+                self._claimed[payload] = conn
+                return
+        conn.close()
 
     def close(self) -> list[bytes]:
         """Stop; return what had been read from each connection no worker claimed."""
@@ -159,7 +189,8 @@ class HandoffServer:
         self._listener.close()
         with self._lock:
             leftovers, self._pending = list(self._pending.values()), {}
-        for conn, _ in leftovers:
+            held, self._claimed = list(self._claimed.values()), {}
+        for conn in [*(conn for conn, _ in leftovers), *held]:
             conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         return [head for _, head in leftovers]

@@ -17,6 +17,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from typing import Callable
 
 from .connection import serve_request
@@ -30,6 +31,7 @@ log = logging.getLogger("fileserver")
 POOL_START_SECONDS = 30.0     # a pool whose workers are not all up by then is given up
 POOL_STARTS = 3               # pools tried in a row, while their workers keep dying, for one connection
 OFFERS_PER_CONNECTION = 3     # pools a connection nobody collected is offered to before it is closed
+CUT_WAIT_SECONDS = 2.0       # how long busy workers get to count a request the stop cut
 WORKER_EXIT_SECONDS = 5.0     # how long idle workers get to leave at shutdown before they are killed
 
 _worker_ctx: ServerContext | None = None
@@ -203,11 +205,6 @@ class ProcessDispatcher:
             return
         if error is not None and not lost:
             log.error("a worker failed to take its connection: %r", error)
-        if lost and self._closing and self._handoff.claimed(token):
-            # A worker had it and was killed at the end of the grace period, its request unfinished.
-            # (A worker killed in the instant between counting its reply and returning would make
-            # this a second count; that instant is a hand-back's round trip.)
-            self._ctx.counters.failed()
         self._release(token, settled)
 
     def _release(self, token: bytes, settled: concurrent.futures.Future, last_words: bytes = b"") -> None:
@@ -231,6 +228,12 @@ class ProcessDispatcher:
         # start at once, and _closing stops the next. Every worker goes (a busy one would hold
         # its connection past the grace period); the pool then fails whatever was queued.
         self._closing = True
+        if self._handoff.cut():
+            # Woken by the cut, a busy worker counts its request and returns; one that does not
+            # (stuck elsewhere) is killed below, its request uncounted.
+            deadline = time.monotonic() + CUT_WAIT_SECONDS
+            while self._handoff.claimed_count() and time.monotonic() < deadline:
+                time.sleep(0.02)
         _kill_workers()
         self._count_unclaimed()
 

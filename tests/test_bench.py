@@ -58,7 +58,8 @@ class ReceiveFloorQuickTests(unittest.TestCase):
         for kind in ("receive only", "verify"):
             row = re.search(rf"^{kind}\s+(\d+)\s+(\d+\.\d+)\s+(\d+)%$", proc.stdout, re.MULTILINE)
             self.assertIsNotNone(row, f"no row for {kind!r} in:\n{proc.stdout}")
-            self.assertTrue(all(float(x) > 0 for x in row.groups()), row.group(0))
+            # MB/s and CPU per MB were measured; the share may round to 0% on a slow moment.
+            self.assertTrue(all(float(x) > 0 for x in row.groups()[:2]), row.group(0))
 
 
 if __name__ == "__main__":

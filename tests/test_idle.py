@@ -254,6 +254,26 @@ class IdleTestsMixin:
         counts = server.stderr_text().rsplit("stopped; requests: ", 1)[1].splitlines()[0]
         self.assertIn(f"'failed': {before['failed'] + 2}", counts)
 
+    def test_a_reply_cut_at_the_end_of_the_grace_counts_once(self) -> None:
+        """A LIST already counted as a success whose last send is stuck (its client stopped
+        reading), cut when the grace ends: it moves to failed once, on both servers (the process
+        server once also counted the killed worker's request as failed on top)."""
+        for number in range(24000):                  # a reply of ~6 MB: more than the socket buffers hold
+            (self.root / f"{number:06d}{'x' * 234}").touch()
+        server = self.start_server(workers=2, extra_args=["--grace", "0.5"])     # one left for STATS
+        before = self.stats(server)
+        reader = socket.socket()
+        self.addCleanup(reader.close)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(server.address)
+        reader.sendall(build("LIST"))                # and never read
+        self.assertTrue(wait_until(lambda: self.stats(server)["succeeded"] > before["succeeded"], 10),
+                        "the LIST was never counted")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(20), 0)
+        counts = server.stderr_text().rsplit("stopped; requests: ", 1)[1].splitlines()[0]
+        self.assertIn(f"'succeeded': {before['succeeded']}, 'failed': {before['failed'] + 1}", counts)
+
     # ------------------------------------------------------------------ counting
 
     def test_requests_behind_an_undeliverable_reply_count_as_failed(self) -> None:
@@ -326,10 +346,6 @@ class ProcessIdleTests(IdleTestsMixin, unittest.TestCase):
     KIND = "process"
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ProcessDispatcherGivesUpTests(unittest.TestCase):
     def test_a_connection_no_pool_can_take_is_answered_and_counted(self) -> None:
         """When every pool fails, the connection gets an ERROR and its request one failed count."""
@@ -354,3 +370,7 @@ class ProcessDispatcherGivesUpTests(unittest.TestCase):
             finally:
                 dispatcher.force_close()
                 dispatcher.shutdown()
+
+
+if __name__ == "__main__":
+    unittest.main()
