@@ -39,6 +39,7 @@ from typing import Any, Optional
 from client_worker import ClientError, DiscardingSink, FileClient
 from fileshare.cli import MAX_SECONDS, timeout_seconds
 from fileshare.loadgen import CanonicalEncoding, VerifyingClient, canonical_encoding
+from fileshare.store import replaced_atomically
 
 log = logging.getLogger("stress_test")
 
@@ -165,12 +166,10 @@ def test_content(size: int, cache_dir: Path = CACHE_DIR) -> TestContent:
                     return TestContent(str(path), size, expected)
     except OSError:
         pass
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as out:
+    with replaced_atomically(path) as out:
         expected = _generate(size, out)
-    os.replace(temp, path)
-    temp.write_text(expected + "\n")
-    os.replace(temp, digest_path)
+    with replaced_atomically(digest_path) as out:
+        out.write(f"{expected}\n".encode())
     return TestContent(str(path), size, expected)
 
 

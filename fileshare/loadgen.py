@@ -29,6 +29,7 @@ from typing import Union
 from .client import ClientError, FileClient, TransferResult, _checked_name, _client_error, _raise_for_status
 from .protocol import TERMINATOR, build_request, encoded_size, upload_prefix
 from .replies import ContentData, ContentEnd, ContentStart, ReplyEnd, ReplyField, ReplyParser
+from .store import replaced_atomically
 from .streaming import iter_encoded
 
 MESSAGE_BYTES = 4096      # kept of each content value, for an ERROR reply's message
@@ -66,15 +67,13 @@ def canonical_encoding(content_path: Union[str, os.PathLike], content_sha256: st
                     return CanonicalEncoding(str(path), size, recorded, content_size, content_sha256)
     except (OSError, ValueError):
         pass
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
-    with open(content_path, "rb") as source, open(temp, "wb") as out:
+    with open(content_path, "rb") as source, replaced_atomically(path) as out:
         for piece in iter_encoded(source):
             digest.update(piece)
             out.write(piece)
-    os.replace(temp, path)
-    temp.write_text(f"{digest.hexdigest()} {content_sha256}\n")
-    os.replace(temp, record)
+    with replaced_atomically(record) as out:
+        out.write(f"{digest.hexdigest()} {content_sha256}\n".encode())
     return CanonicalEncoding(str(path), size, digest.hexdigest(), content_size, content_sha256)
 
 

@@ -9,6 +9,7 @@ in a temporary name tells a later server whether its owner is still running;
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import logging
@@ -76,6 +77,20 @@ class AtomicFile:
             os.unlink(self.temp_path)
         except FileNotFoundError:
             pass
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces ``path`` when the block ends, and only if it ends
+    without an error."""
+    folder, name = os.path.split(os.path.abspath(path))
+    pending = AtomicFile(folder, f".{name}.", ".part")
+    try:
+        yield pending.file
+        pending.publish(os.fspath(path))
+    except BaseException:
+        pending.discard()
+        raise
 
 
 class PendingUpload:
