@@ -21,7 +21,7 @@ from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, 
                        UploadStart, error_reply, get_reply_prefix, ok_reply)
 from .state import ServerContext
 from .store import FileError, PendingUpload, delete_file, list_names, open_for_get
-from .streaming import ReceiveBuffer, iter_encoded, receive_size
+from .streaming import ReceiveBuffer, iter_encoded, peer_name, receive_size
 
 log = logging.getLogger("fileserver")
 
@@ -42,12 +42,7 @@ class Connection:
         self.replying = False             # some of the current request's reply has been sent
         self.beyond = b""          # bytes read after this request: the next ones, pipelined
         sock.settimeout(ctx.timeout)
-        # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self.peer = "%s:%s" % sock.getpeername()[:2]
-        except OSError:
-            self.peer = "?"
+        self.peer = peer_name(sock)       # now: a peer that resets cannot be named afterwards
 
     def serve(self, head: bytes) -> bytes | None:
         """Serve the request ``head`` begins; return the bytes read beyond it, or None once closed."""

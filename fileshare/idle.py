@@ -24,6 +24,7 @@ from typing import Iterator
 
 from .protocol import ProtocolError, RequestParser, unterminated_request
 from .state import RequestCounters
+from .streaming import peer_name
 
 log = logging.getLogger("fileserver")
 
@@ -186,10 +187,10 @@ class IdleConnections:
         self._selector.unregister(waiting.sock)
         del self._by_arrival[waiting.sock]
         if waiting.head:
-            log.info("%s: closing a connection in the middle of a request: %s", _peer(waiting.sock), why)
+            log.info("%s: closing a connection in the middle of a request: %s", peer_name(waiting.sock), why)
             self._counters.unanswered(waiting.head)
         else:
-            log.debug("%s: closing an idle connection: %s", _peer(waiting.sock), why)
+            log.debug("%s: closing an idle connection: %s", peer_name(waiting.sock), why)
         waiting.sock.close()
 
 
@@ -200,13 +201,6 @@ def drain_wakeups(sock: socket.socket) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
-
-
-def _peer(sock: socket.socket) -> str:
-    try:
-        return "%s:%s" % sock.getpeername()[:2]
-    except OSError:
-        return "?"
 
 
 class HandBacks:

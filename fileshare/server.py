@@ -285,6 +285,9 @@ class _Loop:
                 time.sleep(0.05)
                 return
             self.ctx.counters.connection_opened()
+            # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
+            # Set once here: the option stays with the socket through every worker it visits.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A connection on its way back from a worker is in hand_backs before its request's
             # future is done, so each open connection is counted at least once here.
             open_now = len(self.idle) + len(self.in_flight) + len(self.hand_backs)

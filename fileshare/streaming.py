@@ -34,6 +34,14 @@ def receive_size() -> Iterator[int]:
 _ZEROS = memoryview(bytes(RECV_CHUNK))
 
 
+def peer_name(sock: socket.socket) -> str:
+    """``HOST:PORT`` of the other end, for log lines; ``?`` once it is gone."""
+    try:
+        return "%s:%s" % sock.getpeername()[:2]
+    except OSError:
+        return "?"
+
+
 class ReceiveBuffer:
     """One buffer reused for every receive of a connection.
 
