@@ -39,21 +39,21 @@ import fileserver_load as load  # noqa: E402
 log = logging.getLogger("fileserver.locust")
 
 _users = itertools.count()
-_node = load.node_label()
 _run: dict = {}              # this test's settings and workload, made at test start on every node
 _reported: set = set()       # (op, kind) whose first failure message was logged here
 
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
-    group = parser.add_argument_group("file server", "the course's file server protocol (fileserver_load.py)")
-    group.add_argument("--op-mix", env_var="LOCUST_OP_MIX", default=load.DEFAULT_MIX,
-                       help="task weights of the operations, e.g. %(default)s; one left out gets 0 "
-                            "(default: %(default)s)")
-    group.add_argument("--file-size-mb", env_var="FILE_SIZE_MB", default=load.DEFAULT_SIZE_MB,
-                       help="size of the test file downloaded and uploaded, in MiB (default: %(default)s)")
-    group.add_argument("--request-timeout", env_var="LOCUST_REQUEST_TIMEOUT", default=str(load.DEFAULT_TIMEOUT),
-                       help="seconds a request waits on any read or write (default: %(default)s)")
+    # On the parser itself: only its own add_argument marks an option for the web page.
+    parser.add_argument("--op-mix", env_var="LOCUST_OP_MIX", default=load.DEFAULT_MIX,
+                        help=f"task weights of the operations, e.g. {load.DEFAULT_MIX} (the default); "
+                             "one left out gets 0, so get=1 only downloads")
+    parser.add_argument("--file-size-mb", env_var="FILE_SIZE_MB", default=load.DEFAULT_SIZE_MB,
+                        help=f"size of the test file downloaded and uploaded, MiB, as stress_test's FILE_SIZE_MB "
+                             f"(default {load.DEFAULT_SIZE_MB})")
+    parser.add_argument("--request-timeout", env_var="LOCUST_REQUEST_TIMEOUT", default=f"{load.DEFAULT_TIMEOUT:g}",
+                        help=f"seconds a request waits on any read or write (default {load.DEFAULT_TIMEOUT:g})")
 
 
 def _settings(environment) -> load.Settings:
@@ -130,11 +130,12 @@ class FileServerUser(User):
 
     def on_start(self) -> None:
         if "workload" not in _run:
-            log.error("user %d stops: the test has no valid settings (see the error above)", self.index)
+            log.error("user %d stops: the test could not be prepared (see the error above)", self.index)
             raise StopUser()
         settings = _run["settings"]
+        # The node's label is read here, not at import: --processes forks workers after importing this file.
         self.session = load.FileServerSession(settings.host, settings.port, _run["workload"],
-                                              load.upload_name(_node, self.index), settings.timeout)
+                                              load.upload_name(load.node_label(), self.index), settings.timeout)
         self.tasks = load.task_list(settings.mix, {"list": FileServerUser.list_files, "get": FileServerUser.get_file,
                                                    "upload": FileServerUser.upload_file,
                                                    "delete": FileServerUser.delete_file})
