@@ -130,7 +130,7 @@ def parse_timeout(text: str) -> float:
 class Settings:
     host: str
     port: int
-    mix: dict
+    mix: dict[str, int]
     size: int
     timeout: float = DEFAULT_TIMEOUT
 
