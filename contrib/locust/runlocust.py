@@ -91,7 +91,7 @@ def _install_step(command: Sequence[str], doing: str) -> None:
     except OSError as exc:
         raise InstallError(f"{doing}: cannot run {command[0]}: {exc.strerror or exc}") from None
     if done.returncode != 0:
-        said = "\n    ".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        said = "\n    ".join(line[:300] for line in (done.stderr or done.stdout).strip().splitlines()[-8:])
         raise InstallError(f"{doing} failed (exit status {done.returncode}); PyPI must be reachable, or pip's "
                            f"cache hold the packages. pip said:\n    {said}")
 
