@@ -181,7 +181,7 @@ def pair_comparison(record_a: Mapping[str, Any], record_b: Mapping[str, Any], a:
 def band_text(noise: float = NOISE) -> str:
     """The noise band as the verdicts use it, in the words the report prints."""
     low, high = stats.noise_band(noise)
-    return f"x{low:.2f} to x{high:.2f} (within {noise:.0%} either way: x1/{1 + noise:g} to x{1 + noise:g})"
+    return f"x{low:.2f} to x{high:.2f} (x1/{1 + noise:g} to x{1 + noise:g}: within {noise:.0%} either way)"
 
 
 @dataclass
@@ -372,9 +372,9 @@ def method_finding(run: Run) -> str:
     text = f"Each cell ran {runs} times on each model, {order}."
     if pair:
         a, b = pair
-        text += (f" {b}/{a} is the ratio of aggregate throughput (file bytes of all successful clients / wall "
-                 f"time): the geometric mean of the runs' ratios, paired run by run, with its 95% confidence "
-                 f"interval (Student's t). A cell counts as a difference only when that interval excludes x1.00 "
+        text += (f" The ratio {b}/{a} is that of aggregate throughput (file bytes of all successful clients / "
+                 f"wall time): the geometric mean of the runs' ratios, paired round by round, with its 95% "
+                 f"confidence interval (Student's t). A cell counts as a difference only when that interval excludes x1.00 "
                  f"and the ratio lies outside {band_text()}, the noise threshold; otherwise: no clear difference.")
     return text
 
@@ -389,6 +389,9 @@ def findings(run: Run) -> list[str]:
         for op in op_order(k[0] for k in everything):
             cells = [c for c in everything.values() if c.key[0] == op]
             pools = sorted({c.key[3] for c in cells})
+            if all(c.verdict == stats.NO_INTERVAL for c in cells):
+                found.append(f"**{op.capitalize()}**, {len(cells)} cells: no verdict, since no cell has an interval.")
+                continue
             found.append(f"**{op.capitalize()}**, {len(cells)} cells: {_counts(cells, a, b, cite=len(pools) == 1)}.")
             for pool in pools if len(pools) > 1 else []:
                 here = [c for c in cells if c.key[3] == pool]
@@ -401,8 +404,6 @@ def findings(run: Run) -> list[str]:
                 found.append(f"{op.capitalize()}, largest difference: {top.where()}: {b} {vb.median:.0f} MB/s, "
                              f"{a} {va.median:.0f} MB/s (medians of {vb.n} and {va.n} runs); "
                              f"{b}/{a} {interval_text(top.ratio)}.")
-            elif any(c.verdict != stats.NO_INTERVAL for c in cells):
-                found.append(f"{op.capitalize()}: no cell shows a clear difference.")
     found += _cpu_findings(run)
     found += _noise_findings(run, everything)
     found += _pool_findings(run)

@@ -192,7 +192,7 @@ class ReportVerdictTest(unittest.TestCase):
         method = self.lines[0]
         self.assertIn(band_text(), method)
         low, high = (float(x) for x in re.search(r"outside x([0-9.]+) to x([0-9.]+)", method).groups())
-        exact = re.search(r"x1/([0-9.]+) to x([0-9.]+)\)", method).groups()
+        exact = re.search(r"\(x1/([0-9.]+) to x([0-9.]+): within", method).groups()
         self.assertEqual((float(exact[0]), float(exact[1])), (1 + stats.NOISE, 1 + stats.NOISE))
         self.assertAlmostEqual(low, 1 / (1 + stats.NOISE), places=2)
         self.assertAlmostEqual(high, 1 + stats.NOISE, places=2)
@@ -215,6 +215,20 @@ class ReportVerdictTest(unittest.TestCase):
         lines = findings(load_run(write(Path(self.tmp.name) / "one.jsonl", records)))
         self.assertIn("no interval could be computed", lines[0])
         self.assertFalse(any("largest difference" in line for line in lines))
+
+
+class ChartIntervalTest(unittest.TestCase):
+    def test_the_aggregate_chart_draws_each_points_interval(self) -> None:
+        import xml.etree.ElementTree as ET
+        from fileshare.chart import write_chart
+        records = made_up_run()[1:]
+        with tempfile.TemporaryDirectory(prefix="sweep-chart-") as tmp:
+            path = Path(tmp) / "chart.svg"
+            write_chart(records, path)
+            titles = [t.text or "" for t in ET.parse(path).getroot().iter("{http://www.w3.org/2000/svg}title")]
+        with_interval = [t for t in titles if "MB/s in total (95% CI of the mean" in t]
+        self.assertEqual(len(with_interval), len(records))
+        self.assertIn("process, 1 client: 130 MB/s in total (95% CI of the mean 129 to 131)", with_interval)
 
 
 class CompareAgreementTest(unittest.TestCase):
