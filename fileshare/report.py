@@ -174,8 +174,9 @@ def pair_comparison(record_a: Mapping[str, Any], record_b: Mapping[str, Any], a:
     """The ratio b/a of a cell with its interval and verdict, as the JSON Lines keep it."""
     ratio = pair_ratio(record_a, record_b)
     code = stats.verdict(ratio)
+    said = "" if code == stats.NO_INTERVAL else f": {verdict_text(code, a, b)}"
     return {"of": f"{b}/{a}", **(ratio.as_dict() if ratio else {"ratio": None}), "verdict": verdict_text(code, a, b),
-            "text": f"{b}/{a} {interval_text(ratio)}: {verdict_text(code, a, b)}"}
+            "text": f"{b}/{a} {interval_text(ratio)}{said}"}
 
 
 def band_text(noise: float = NOISE) -> str:

@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Optional, Sequence, TextIO
 from . import stats
 from .harness import (AttachedServer, ForeignServer, ServerProcess, ServerStartError, machine_cpu_seconds,
                       port_accepts, run_in_group, script_path, tree_cpu_seconds)
-from .report import CSV_COLUMNS, csv_key, csv_row, key_texts, pair_comparison, sample_rates
+from .report import CSV_COLUMNS, csv_key, csv_row, key_texts, main_pair, pair_comparison, sample_rates
 
 log = logging.getLogger("run_experiment")
 
@@ -399,45 +399,59 @@ def _write_json(f: TextIO, record: dict) -> str:
 class Progress:
     """Elapsed time and an ETA that learns the cost of a run from the runs made so far.
 
-    A run of a cell is taken to cost a fixed part (starting the stress test,
-    preparing) plus a part proportional to the data it moves; both are fitted to
-    the runs measured so far, and each remaining cell is expected to get the
-    runs the repeat policy would give it at that cost.
+    A run is taken to cost a fixed part (starting the stress test, preparing,
+    cleaning up) plus its measured time, which grows with the data it moves;
+    both are fitted, per operation once that operation has run (an upload costs
+    more per MB than a download), to the runs measured so far, and each
+    remaining cell is expected to get the runs the repeat policy would give it.
     """
 
     def __init__(self, policy: RepeatPolicy, models: int) -> None:
         self.policy, self.models = policy, models
         self.started = time.monotonic()
-        self.seen: list[tuple[float, float, float]] = []      # (MB moved, elapsed s, measured wall s)
+        self.seen: list[tuple[str, float, float, float]] = []    # (op, MB moved, elapsed s, measured wall s)
 
     def add(self, cell: Cell, samples: Iterable[dict]) -> None:
         for s in samples:
-            self.seen.append((cell.volume_mb, s.get("elapsed_s") or 0.0, s.get("wall_time_s") or 0.0))
+            self.seen.append((cell.op, cell.volume_mb, s.get("elapsed_s") or 0.0, s.get("wall_time_s") or 0.0))
 
-    def _fit(self, column: int) -> tuple[float, float]:
-        """Least squares of seconds = fixed + per_mb * MB over the runs seen."""
-        xs = [v for v, *_ in self.seen]
-        ys = [row[column] for row in self.seen]
-        if len(set(xs)) < 2:
-            mean = sum(ys) / len(ys)
-            return 0.0, mean / max(xs[0], 1e-9)
+    @staticmethod
+    def _fit(rows: Sequence[tuple[float, float]], grows: bool) -> tuple[float, float]:
+        """(fixed, per MB) of seconds = fixed + per_mb * MB, by least squares; when every row moved the
+        same amount, all fixed, or all per MB if the quantity ``grows`` with the data."""
+        xs, ys = [x for x, _ in rows], [y for _, y in rows]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        slope = max(slope, 0.0)
+        spread = sum((x - mx) ** 2 for x in xs)
+        if spread == 0:
+            return (0.0, my / max(mx, 1e-9)) if grows else (my, 0.0)
+        slope = max(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread, 0.0)
         return max(my - slope * mx, 0.0), slope
+
+    def cost(self, cell: Cell) -> tuple[float, float]:
+        """Expected (seconds of one run, measured seconds of one run) of ``cell``."""
+        rows = [r for r in self.seen if r[0] == cell.op] or self.seen
+        overhead = self._fit([(v, max(e - w, 0.0)) for _, v, e, w in rows], grows=False)
+        wall = self._fit([(v, w) for _, v, _, w in rows], grows=True)
+        measured = wall[0] + wall[1] * cell.volume_mb
+        return overhead[0] + overhead[1] * cell.volume_mb + measured, measured
 
     def eta(self, remaining: Sequence[Cell]) -> Optional[float]:
         if not self.seen:
             return None
-        (e0, e1), (w0, w1) = self._fit(1), self._fit(2)
         total = 0.0
         for cell in remaining:
-            runs = self.policy.expected_runs(w0 + w1 * cell.volume_mb)
-            total += self.models * runs * (e0 + e1 * cell.volume_mb)
+            run, measured = self.cost(cell)
+            total += self.models * self.policy.expected_runs(measured) * run
         return total
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def line(self, remaining: Sequence[Cell]) -> str:
+        eta = self.eta(remaining)
+        text = f"elapsed {duration(self.elapsed())}, ETA {'-' if eta is None else duration(eta)}"
+        unseen = sorted({c.op for c in remaining} - {op for op, *_ in self.seen})
+        return text + (f" (guessed: no {' or '.join(unseen)} has run yet)" if unseen and eta is not None else "")
 
 
 # ---------------------------------------------------------------------- the sweep
@@ -506,10 +520,8 @@ class Sweep:
                     writer.writerow(csv_row(record))
                     csv_file.flush()
                 progress.add(cell, [s for m in models for s in runs[m] + warmups[m]])
-                eta = progress.eta([c for c, _ in todo[index + 1:]])
-                print(f"[{index + 1}/{len(todo)}] {self._line(cell, models, runs)} | elapsed "
-                      f"{duration(progress.elapsed())}, ETA {'-' if eta is None else duration(eta)}",
-                      file=sys.stderr, flush=True)
+                print(f"[{index + 1}/{len(todo)}] {self._line(cell, models, runs)} | "
+                      f"{progress.line([c for c, _ in todo[index + 1:]])}", file=sys.stderr, flush=True)
         finally:
             self._stop_servers()
 
@@ -539,12 +551,9 @@ class Sweep:
                   "result": representative(samples), "samples": samples, "warmups": warmups}
         summary = stats.summarize(sample_rates(record))
         record["stats"] = summary.as_dict() if summary else None
-        pair = [m for m in ("thread", "process") if m in runs] if len(runs) > 1 else []
-        if len(pair) < 2:
-            pair = list(runs)[:2]
-        if len(pair) == 2 and model in pair:
-            records = [{"samples": runs[m]} for m in pair]
-            record["comparison"] = pair_comparison(*records, *pair)
+        pair = main_pair(list(runs))
+        if pair and model in pair:
+            record["comparison"] = pair_comparison(*({"samples": runs[m]} for m in pair), *pair)
         return record
 
     def _line(self, cell: Cell, models: list[str], runs: dict[str, list]) -> str:
@@ -555,10 +564,12 @@ class Sweep:
             failed = sum(s["failed"] for s in runs[model])
             parts.append(f"{model} {'-' if rate is None else f'{rate / 1e6:.0f}'} MB/s"
                          + (f" ({failed} failed clients)" if failed else ""))
-        text = f"{cell.label()}: " + ", ".join(parts) + f" ({len(runs[models[0]])} runs each)"
-        if len(models) >= 2:
-            comparison = pair_comparison({"samples": runs[models[0]]}, {"samples": runs[models[1]]}, *models[:2])
-            text += f"; {comparison['text']}"
+        count = len(runs[models[0]])
+        text = f"{cell.label()}: " + ", ".join(parts) + f" ({count} run{'s' if count != 1 else ''}" \
+            + (" each)" if len(models) > 1 else ")")
+        pair = main_pair(models)
+        if pair:
+            text += "; " + pair_comparison(*({"samples": runs[m]} for m in pair), *pair)["text"]
         return text
 
     # ------------------------------------------------------------------ servers
