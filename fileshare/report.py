@@ -146,13 +146,14 @@ def model_summary(record: Optional[Mapping[str, Any]]) -> Optional[stats.Summary
 
 
 def pair_ratio(record_a: Mapping[str, Any], record_b: Mapping[str, Any]) -> Optional[stats.Ratio]:
-    """b/a of aggregate throughput: paired by round when both models ran side by side, else unpaired."""
+    """b/a of aggregate throughput: paired by round when both models ran side by side in one measurement
+    of the cell, else unpaired (files from before rounds; a cell finished by --resume on one model)."""
     def by_round(record: Mapping[str, Any]) -> dict[int, float]:
         return {s["round"]: s["aggregate_throughput_Bps"] / 1e6 for s in record.get("samples") or []
                 if "round" in s and s.get("succeed") and s.get("aggregate_throughput_Bps")}
     a, b = by_round(record_a), by_round(record_b)
     shared = sorted(set(a) & set(b))
-    if shared:
+    if shared and record_a.get("measured_at") == record_b.get("measured_at"):
         return stats.paired_ratio([(a[r], b[r]) for r in shared])
     return stats.unpaired_ratio(sample_rates(record_a), sample_rates(record_b))
 

@@ -468,6 +468,7 @@ class Sweep:
         self.jsonl = self.output.with_suffix(".jsonl")
         self.servers: dict[str, Server] = {}
         self.start_errors: dict[str, str] = {}
+        self.measured_at = ""
 
     def run(self) -> None:
         env = environment(self.interpreter, self.policy)   # before the files are opened: they make the tree look dirty
@@ -531,6 +532,8 @@ class Sweep:
         warmups: dict[str, list[dict]] = {m: [] for m in models}
         if self.servers and next(iter(self.servers.values())).workers != cell.server_workers:
             self._stop_servers()          # a new pool size: its servers start side by side
+        self.start_errors.clear()         # a server that would not start gets one more try per cell
+        self.measured_at = _now()         # names the rounds: only runs of one measurement are pairs
         for number in range(self.policy.warmup):
             for model in run_order(models, number, index):
                 warmups[model].append(self._run_one(cell, model))
@@ -548,7 +551,8 @@ class Sweep:
         record = {"type": "cell", "row": number, "model": model, "server_workers": cell.server_workers,
                   "op": cell.op, "size_mb": cell.size_mb, "clients": cell.clients,
                   "client_pool": self.args.client_pool_type, "client_work": self.args.client_work,
-                  "result": representative(samples), "samples": samples, "warmups": warmups}
+                  "result": representative(samples), "samples": samples, "warmups": warmups,
+                  "measured_at": self.measured_at}
         summary = stats.summarize(sample_rates(record))
         record["stats"] = summary.as_dict() if summary else None
         pair = main_pair(list(runs))
@@ -598,7 +602,7 @@ class Sweep:
 
     def _server(self, model: str, workers: int) -> Server:
         server = self.servers.get(model)
-        if server is not None and server.alive():
+        if server is not None and (server.alive() or model in self.start_errors):
             return server
         self._stop_server(model)
         fixed = self.args.server_port if model in self.commands else None

@@ -111,6 +111,7 @@ class OrderTest(unittest.TestCase):
         self.assertEqual([len(warmups[m]) for m in warmups], [1, 1])
         self.assertEqual([s["round"] for s in runs["process"]], [0, 1, 2])
         self.assertEqual([len(runs2[m]) for m in runs2], [3, 3])
+        self.assertNotEqual(sweep._record(1, Cell(1, "upload", 10, 1), "thread", runs2, [])["measured_at"], "")
 
 
 class RepeatPolicyTest(unittest.TestCase):
@@ -215,6 +216,18 @@ class ReportVerdictTest(unittest.TestCase):
         lines = findings(load_run(write(Path(self.tmp.name) / "one.jsonl", records)))
         self.assertIn("no interval could be computed", lines[0])
         self.assertFalse(any("largest difference" in line for line in lines))
+
+
+class PairingTest(unittest.TestCase):
+    def test_rounds_pair_only_within_one_measurement_of_the_cell(self) -> None:
+        from fileshare.report import pair_ratio
+        a = record(1, "thread", 1, "upload", 10, 1, [100.0, 200.0, 50.0])
+        b = record(2, "process", 1, "upload", 10, 1, [150.0, 300.0, 75.0])
+        self.assertTrue(pair_ratio(a, b).paired)
+        self.assertEqual(stats.verdict(pair_ratio(a, b)), stats.FASTER_B)
+        a["measured_at"], b["measured_at"] = "2026-01-01T00:00:00", "2026-01-01T01:00:00"   # e.g. after --resume
+        self.assertFalse(pair_ratio(a, b).paired)
+        self.assertEqual(stats.verdict(pair_ratio(a, b)), stats.UNCLEAR)
 
 
 class ChartIntervalTest(unittest.TestCase):
