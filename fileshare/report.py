@@ -414,20 +414,22 @@ def findings(run: Run) -> list[str]:
 
 
 def _cpu_findings(run: Run) -> list[str]:
-    """Why, not only how much: the cores each model's server and the clients used, per operation."""
+    """Why, not only how much: the cores each model's server and the clients used, per operation, in the
+    cells with the most clients (where the servers are busiest)."""
     found = []
     for op in op_order(k[2] for k in run.cells):
+        most = max(k[4] for k in run.cells if k[2] == op)
         parts, clients = [], []
         for model in run.models():
-            usage = [s.get("usage") or {} for c in run.cells.values() if c["model"] == model and c["op"] == op
-                     for s in c.get("samples") or []]
+            usage = [s.get("usage") or {} for c in run.cells.values()
+                     if (c["model"], c["op"], c["clients"]) == (model, op, most) for s in c.get("samples") or []]
             cores = [u["server_cores"] for u in usage if u.get("server_cores") is not None]
             clients += [u["client_cores"] for u in usage if u.get("client_cores") is not None]
             if cores:
                 parts.append(f"{model} server median {statistics.median(cores):.2f}, at most {max(cores):.2f}")
         if parts:
-            found.append(f"{op.capitalize()}, cores used (CPU seconds / seconds of each stress test, preparation "
-                         f"included, over every run): " + "; ".join(parts)
+            found.append(f"{op.capitalize()} with {_plural_value(most, 'client')}, cores used (CPU seconds / "
+                         f"seconds of each stress test, over every run of those cells): " + "; ".join(parts)
                          + (f"; the clients median {statistics.median(clients):.2f}" if clients else "") + ".")
     return found
 

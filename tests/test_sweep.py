@@ -206,7 +206,9 @@ class ReportVerdictTest(unittest.TestCase):
         self.assertIn("Machine speed (base64 decoding): 300 MB/s at the start, 270 MB/s at the end (drift -10.0%).",
                       self.lines)
         self.assertIn("1 of 5 cells may be unstable", self.line("1 of 5 cells"))
-        self.assertIn("Upload, cores used", " ".join(self.lines))
+        self.assertIn("Upload with 5 clients, cores used (CPU seconds / seconds of each stress test, over every "
+                      "run of those cells): thread server median 1.00, at most 1.00; process server median 1.00, "
+                      "at most 1.00; the clients median 0.20.", self.lines)
 
     def test_a_single_run_per_cell_says_no_interval_could_be_computed(self) -> None:
         single = {key: rates[:1] for key, rates in CELLS.items()}
