@@ -67,7 +67,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Sweep the thread-pool and process-pool file servers with stress_test.py and write results.csv; "
                     "or report on, or compare, finished runs.",
         epilog="Default: the full original sweep of 108 cells (2 models x 3 server pools x 2 operations x "
-               "3 sizes x 3 client pools) into results.csv. A narrower sweep (--quick or any list) writes "
+               "3 sizes x 3 client pools), each run at least 3 times on each model, into results.csv (about "
+               "25 minutes on 2 cores). A narrower sweep (--quick or any list) writes "
                f"{NARROWED_OUTPUT} unless --output says otherwise. Lists are comma-separated, e.g. --sizes 10,50.")
     p.add_argument("--models", type=_list_of(str),
                    help="server models: thread, process and NAMEs of --server-command (default: thread,process "

@@ -392,12 +392,14 @@ def findings(run: Run) -> list[str]:
             cells = [c for c in everything.values() if c.key[0] == op]
             pools = sorted({c.key[3] for c in cells})
             if all(c.verdict == stats.NO_INTERVAL for c in cells):
-                found.append(f"**{op.capitalize()}**, {len(cells)} cells: no verdict, since no cell has an interval.")
+                found.append(f"**{op.capitalize()}**, {_plural_value(len(cells), 'cell')}: no verdict, since no cell "
+                             "has an interval.")
                 continue
-            found.append(f"**{op.capitalize()}**, {len(cells)} cells: {_counts(cells, a, b, cite=len(pools) == 1)}.")
+            found.append(f"**{op.capitalize()}**, {_plural_value(len(cells), 'cell')}: "
+                         f"{_counts(cells, a, b, cite=len(pools) == 1)}.")
             for pool in pools if len(pools) > 1 else []:
                 here = [c for c in cells if c.key[3] == pool]
-                found.append(f"{op.capitalize()}, server pool of {pool} ({len(here)} cells): "
+                found.append(f"{op.capitalize()}, server pool of {pool} ({_plural_value(len(here), 'cell')}): "
                              f"{_counts(here, a, b, cite=True)}.")
             significant = [c for c in cells if c.significant]
             if significant:
@@ -713,7 +715,9 @@ def compare_summary(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
             lines.append(f"The verdict is the same in {same} of {len(found)} cells.")
         contradictions = [ag for ag in found if ag.contradicts]
         if contradictions:
-            lines.append(f"**{len(contradictions)} cells contradict** (a significant difference each way): "
+            many = len(contradictions) != 1
+            lines.append(f"**{len(contradictions)} cell{'s' if many else ''} contradict{'' if many else 's'}** "
+                         "(a significant difference each way): "
                          + "; ".join(f"{ag.key[0]} {ag.first.where()}: {labels[0]} {_verdict_cell(ag.first)}, "
                                      f"{label} {_verdict_cell(ag.other)}" for ag in contradictions) + ".")
         elif found:

@@ -164,7 +164,7 @@ class ReportVerdictTest(unittest.TestCase):
     def test_verdicts_come_from_the_samples(self) -> None:
         self.assertEqual(self.line("**Upload**"), "**Upload**, 4 cells: process faster in 1, thread faster in 1, "
                                                   "no clear difference in 2.")
-        self.assertEqual(self.line("**Download**"), "**Download**, 1 cells: process faster in 1 (10 MB, 1 client: "
+        self.assertEqual(self.line("**Download**"), "**Download**, 1 cell: process faster in 1 (10 MB, 1 client: "
                                                     f"{self._interval('download', 1, 5)}), thread faster in 0, no "
                                                     "clear difference in 0.")
 
@@ -258,7 +258,7 @@ class CompareAgreementTest(unittest.TestCase):
         self.assertIn("second and first agree in 4 of 5 cells (80%): their ratio intervals overlap.", summary)
         contradiction = [line for line in summary if "contradict" in line and "**" in line]
         self.assertEqual(len(contradiction), 1, summary)
-        self.assertIn("**1 cells contradict**", contradiction[0])
+        self.assertIn("**1 cell contradicts**", contradiction[0])
         self.assertIn("upload 10 MB, 1 client, server pool of 1", contradiction[0])
         flagged = [row for row in table.rows if row[-1] == "**yes**"]
         self.assertEqual([row[:4] for row in flagged], [["upload", "10 MB", "1", "1"]])
