@@ -288,7 +288,7 @@ def duration(seconds: float) -> str:
 
 def _csv_line_ok(line: str) -> bool:
     rows = list(csv.reader([line]))
-    return len(rows) == 1 and len(rows[0]) == len(CSV_COLUMNS) and rows[0][0].isdigit()
+    return len(rows) == 1 and (rows[0] == CSV_COLUMNS or len(rows[0]) == len(CSV_COLUMNS) and rows[0][0].isdigit())
 
 
 def _json_line_ok(line: str) -> bool:

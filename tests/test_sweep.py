@@ -283,6 +283,18 @@ class RepairTailTest(unittest.TestCase):
             self.assertIn("cut short", repair_tail(path, whole))
             self.assertEqual(path.read_text(), '{"a": 1}\n')
 
+    def test_a_csv_of_only_its_header_keeps_it(self) -> None:
+        from fileshare.report import CSV_COLUMNS
+        from fileshare.sweep import _csv_line_ok
+        with tempfile.TemporaryDirectory(prefix="sweep-tail-") as tmp:
+            path = Path(tmp) / "x.csv"
+            path.write_text(",".join(CSV_COLUMNS))
+            repair_tail(path, _csv_line_ok)
+            self.assertEqual(path.read_text(), ",".join(CSV_COLUMNS) + "\n")
+            path.write_text(",".join(CSV_COLUMNS) + "\n1,thread,download,10 MB")
+            repair_tail(path, _csv_line_ok)
+            self.assertEqual(path.read_text(), ",".join(CSV_COLUMNS) + "\n")
+
 
 if __name__ == "__main__":
     unittest.main()
