@@ -710,9 +710,9 @@ def compare_summary(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
                          f"({agree / len(judged):.0%}): their ratio intervals overlap.")
         elif found:
             lines.append(f"{label} and {labels[0]}: no ratio interval to compare (runs with one run per cell).")
-        same = sum(1 for ag in found if ag.first.verdict == ag.other.verdict)
-        if found:
-            lines.append(f"The verdict is the same in {same} of {len(found)} cells.")
+        same = sum(1 for ag in judged if ag.first.verdict == ag.other.verdict)
+        if judged:
+            lines.append(f"The verdict is the same in {same} of {len(judged)} cells.")
         contradictions = [ag for ag in found if ag.contradicts]
         if contradictions:
             many = len(contradictions) != 1
@@ -720,7 +720,7 @@ def compare_summary(runs: Sequence[Run], labels: Sequence[str]) -> list[str]:
                          "(a significant difference each way): "
                          + "; ".join(f"{ag.key[0]} {ag.first.where()}: {labels[0]} {_verdict_cell(ag.first)}, "
                                      f"{label} {_verdict_cell(ag.other)}" for ag in contradictions) + ".")
-        elif found:
+        elif judged:
             lines.append("No cell contradicts (no difference is significant one way in one run and the other way "
                          "in the other).")
         shared = [k for k in first.cells if k in run.cells]
