@@ -214,7 +214,8 @@ class MedianChoiceTest(unittest.TestCase):
     def test_median_of_three_and_of_four_with_a_failed_run(self) -> None:
         sys.path.insert(0, str(REPO))
         from fileshare.sweep import representative
-        runs = [{"aggregate_throughput_Bps": rate, "succeed": 1, "id": i} for i, rate in enumerate((30.0, 10.0, 20.0))]
+        runs = [{"aggregate_throughput_Bps": rate, "succeed": 1, "id": i}
+                for i, rate in enumerate((30.0, 10.0, 20.0))]
         self.assertEqual(representative(runs)["id"], 2)
         runs.append({"aggregate_throughput_Bps": None, "succeed": 0, "id": 3})     # a run whose clients all failed
         self.assertEqual(representative(runs)["id"], 1, "the lower middle run, not the fastest")
