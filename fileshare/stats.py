@@ -161,4 +161,5 @@ def disturbed(usage: Optional[dict]) -> bool:
     """Whether a run shared the machine with other work (``usage`` as the sweep records it per run)."""
     if not usage:
         return False
-    return (usage.get("other_cores") or 0) > DISTURBED_CORES or (usage.get("steal_cores") or 0) > DISTURBED_STEAL
+    others = (usage.get("other_cores") or 0) + (usage.get("idle_servers_cores") or 0)
+    return others > DISTURBED_CORES or (usage.get("steal_cores") or 0) > DISTURBED_STEAL

@@ -206,7 +206,9 @@ def cpu_use(before: CpuSnapshot, after: CpuSnapshot, model: str) -> dict:
     servers = {m: max(0.0, after.servers[m] - before.servers[m]) for m in after.servers if m in before.servers}
     clients = max(0.0, after.children - before.children)
     use = {"window_s": round(window, 4), "client_cores": round(clients / window, 3),
-           "server_cores": round(servers[model] / window, 3) if model in servers else None}
+           "server_cores": round(servers[model] / window, 3) if model in servers else None,
+           # the servers of the other models, idle meanwhile: a busy one would disturb the run
+           "idle_servers_cores": round(sum(v for m, v in servers.items() if m != model) / window, 3)}
     if before.machine and after.machine:
         busy, steal = (after.machine[i] - before.machine[i] for i in (0, 1))
         known = model in servers

@@ -115,6 +115,7 @@ class VerdictTest(unittest.TestCase):
         self.assertFalse(stats.disturbed({"other_cores": 0.1, "steal_cores": 0.0}))
         self.assertTrue(stats.disturbed({"other_cores": stats.DISTURBED_CORES + 0.01}))
         self.assertTrue(stats.disturbed({"other_cores": 0.0, "steal_cores": stats.DISTURBED_STEAL + 0.01}))
+        self.assertTrue(stats.disturbed({"other_cores": 0.2, "idle_servers_cores": 0.1}))   # a busy idle server
 
 
 if __name__ == "__main__":
