@@ -444,8 +444,8 @@ def _noise_findings(run: Run, everything: dict[tuple, Comparison]) -> list[str]:
         hit = [s for s in measured if stats.disturbed(s["usage"])]
         others = [s["usage"]["other_cores"] for s in measured if s["usage"].get("other_cores") is not None]
         steal = [s["usage"]["steal_cores"] for s in measured if s["usage"].get("steal_cores") is not None]
-        found.append(f"Other load: {len(hit)} of {len(measured)} runs were disturbed (the rest of the machine used "
-                     f"over {stats.DISTURBED_CORES:g} cores, or over {stats.DISTURBED_STEAL:g} cores were stolen)"
+        found.append(f"Other load: {len(hit)} of {len(measured)} runs were disturbed (the rest of the machine, the "
+                     f"idle servers included, used over {stats.DISTURBED_CORES:g} cores, or over {stats.DISTURBED_STEAL:g} cores were stolen)"
                      + (f"; other work used a median of {statistics.median(others):.2f} cores, at most "
                         f"{max(others):.2f}" if others else "")
                      + (f"; steal at most {max(steal):.2f} cores" if steal else "") + ".")
