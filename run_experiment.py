@@ -92,7 +92,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     repeats = p.add_argument_group(
         "repeats", "Each cell is measured on every model in turn (ABBA), the servers of one pool size side by side. "
         "A short cell gets more than --repeat runs, up to --max-repeat, until each model has --min-time seconds "
-        "of measured time or a 95%% interval within 5%% of its mean. The CSV row is each model's median run by "
+        "of measured time or a 95% interval within 5% of its mean. The CSV row is each model's median run by "
         "aggregate throughput; the JSON Lines keep every run.")
     repeats.add_argument("--repeat", type=positive_int, default=3, metavar="N",
                          help="at least N measured runs of each cell on each model; 1 is a fast look with no "
