@@ -1,48 +1,38 @@
 #!/usr/bin/env python3
 """The main job: sweep both servers through stress_test.py and write results.csv.
 
-    python run_experiment.py            # the full 108-cell sweep (about 6 minutes on 2 cores)
+    python run_experiment.py            # the full 108-cell sweep, every cell run at least 3 times per model
     python run_experiment.py --quick    # a tiny sweep, for a first try (writes results-quick.*)
     python run_experiment.py --report results.jsonl            # results.md from a finished run
     python run_experiment.py --compare a.jsonl b.jsonl         # two or more runs side by side
     python run_experiment.py --help     # every knob
 
-For each server configuration (model x server workers) a fresh server is
-started on a free port, the cells run one after another through
-``stress_test.py``, and the server is stopped with SIGTERM.  Each CSV row is
-written and flushed as soon as its cell ends; the full stress-test results and
-the run's environment go to a JSON Lines file beside the CSV; a summary table,
-an SVG chart and a Markdown report (fileshare/report.py) come at the end.
+This script is the command line; the sweep (cells, their order, the repeats,
+running them) is fileshare/sweep.py, its statistics fileshare/stats.py, and the
+reports and comparisons fileshare/report.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import json
 import logging
 import os
-import platform
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Optional
 
-from fileshare.cli import positive_int, remote_port, size_mib, timeout_seconds
-from fileshare.harness import (READY_TIMEOUT, SERVER_SCRIPTS, AttachedServer, ForeignServer, ServerProcess,
-                               ServerStartError, run_in_group, script_path)
-from fileshare.report import (CSV_COLUMNS, ReportError, aggregate_table, compare_summary, compare_table, csv_key,
-                              csv_row, key_texts, load_run, run_labels, uncounted_models, write_compare,
-                              write_report)
+from fileshare.cli import grace_seconds, positive_int, remote_port, size_mib, timeout_seconds
+from fileshare.harness import READY_TIMEOUT, SERVER_SCRIPTS
+from fileshare.report import (CSV_COLUMNS, ReportError, aggregate_table, compare_summary, compare_table, load_run,
+                              run_labels, uncounted_models, write_compare, write_report)
+from fileshare.sweep import RepeatPolicy, ServerUnreachable, Sweep, duration, plan, probe_python
 
-log = logging.getLogger("run_experiment")
+__all__ = ["CSV_COLUMNS", "DEFAULTS", "NARROWED_OUTPUT", "main"]
 
 DEFAULTS = {"models": ["thread", "process"], "server_workers": [1, 5, 50], "ops": ["download", "upload"],
             "sizes": [10, 50, 100], "client_workers": [1, 5, 50]}
@@ -51,320 +41,6 @@ QUICK = {"models": ["thread", "process"], "server_workers": [2], "ops": ["downlo
 DEFAULT_OUTPUT = "results.csv"
 # Where a sweep smaller than the full default writes, so a first try never overwrites the committed results.
 NARROWED_OUTPUT = "results-quick.csv"
-OLDEST_PYTHON = (3, 11)
-# Asked of the interpreter that runs the servers and stress tests; written so that even an old Python
-# answers (a version to refuse) instead of failing on syntax.
-PROBE = ("import json, platform, sys, sysconfig; print(json.dumps({"
-         "'version_info': list(sys.version_info[:3]), 'python': platform.python_version(), "
-         "'implementation': platform.python_implementation(), 'executable': sys.executable, "
-         "'free_threaded': bool(sysconfig.get_config_var('Py_GIL_DISABLED')), "
-         "'gil_enabled': sys._is_gil_enabled() if hasattr(sys, '_is_gil_enabled') else True}))")
-
-
-@dataclass(frozen=True)
-class Cell:
-    model: str
-    server_workers: int
-    op: str
-    size_mb: float
-    clients: int
-
-    def key(self) -> tuple[str, ...]:
-        """The cell as the CSV's identifying columns show it, to match rows for --resume."""
-        return key_texts(vars(self))
-
-    def label(self) -> str:
-        return (f"{self.model} server x{self.server_workers}, {self.op} {self.size_mb:g} MB, "
-                f"{self.clients} client{'s' if self.clients != 1 else ''}")
-
-
-def plan(models: list[str], server_workers: list[int], ops: list[str], sizes: list[float],
-         client_workers: list[int], interleave: bool = False) -> list[Cell]:
-    """The sweep, nested as the original: model, server workers, operation, size, clients.
-
-    ``interleave`` puts the model innermost instead, so every cell runs on each model
-    in turn (a fresh server each time) and a machine whose speed drifts hits all alike.
-    """
-    if interleave:
-        return [Cell(m, w, o, s, c) for w in server_workers for o in ops for s in sizes for c in client_workers
-                for m in models]
-    return [Cell(m, w, o, s, c) for m in models for w in server_workers for o in ops for s in sizes
-            for c in client_workers]
-
-
-# ---------------------------------------------------------------------- one cell
-
-def run_cell(cell: Cell, server: ServerProcess, pool: str, timeout: float, python: str = sys.executable,
-             client_work: str = "verify") -> dict:
-    """Run stress_test.py once for ``cell`` with ``python``; a stress test that hangs or crashes is a failed cell."""
-    env = dict(os.environ, STRESS_OP=cell.op, FILE_SIZE_MB=f"{cell.size_mb:g}", CLIENT_POOL=str(cell.clients),
-               CLIENT_POOL_TYPE=pool, SERVER_HOST=server.host, SERVER_PORT=str(server.port),
-               CLIENT_WORK=client_work)
-    started = time.monotonic()
-    code, out, err = run_in_group([python, str(script_path("stress_test.py"))], timeout, env)
-    elapsed = time.monotonic() - started
-    if code == 0:
-        try:
-            result = json.loads(out)
-            result["elapsed_s"] = elapsed
-            return result
-        except ValueError:
-            reason = f"stress_test printed no JSON result: {out[:200]!r}"
-    elif code is None:
-        reason = f"stress_test did not finish within {timeout:g} s and was killed"
-    else:
-        reason = f"stress_test exited with status {code}: {err.strip().splitlines()[-1:] or ''}"
-    log.warning("%s: %s", cell.label(), reason)
-    return failed_result(cell, pool, reason, elapsed)
-
-
-def failed_result(cell: Cell, pool: str, reason: str, elapsed: float = 0.0) -> dict:
-    """A result for a cell whose clients never reported: every one of them counts as failed."""
-    return {"op": cell.op, "size_mb": cell.size_mb, "clients": cell.clients, "pool": pool,
-            "succeed": 0, "failed": cell.clients, "total_time_s": None, "throughput_Bps": None,
-            "errors": {"other": {"count": cell.clients, "example": reason}},
-            "server_succeeded": None, "server_failed": None, "elapsed_s": elapsed}
-
-
-def representative(samples: list[dict]) -> dict:
-    """The median sample by throughput per client, so every figure in a row comes from one real run."""
-    if len(samples) == 1:
-        return samples[0]
-    ranked = sorted(samples, key=lambda s: (s.get("throughput_Bps") is not None, s.get("throughput_Bps") or 0))
-    return ranked[(len(ranked) - 1) // 2]
-
-
-# ---------------------------------------------------------------------- output
-
-def probe_python(python: str) -> dict:
-    """Ask ``python`` what it is; raise ValueError with a sentence for a person if it cannot serve."""
-    try:
-        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ValueError(f"cannot run {python}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        facts = json.loads(done.stdout.strip().splitlines()[-1])
-        version = tuple(facts.pop("version_info"))
-    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
-        said = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["nothing"])[-1]
-        raise ValueError(f"{python} is not a Python interpreter (asked for its version, it said: {said[:120]})") \
-            from None
-    if version < OLDEST_PYTHON:
-        raise ValueError(f"{python} is Python {'.'.join(map(str, version))}; the servers need "
-                         f"{'.'.join(map(str, OLDEST_PYTHON))} or newer")
-    return facts
-
-
-def environment(interpreter: dict) -> dict:
-    """The run's setting; ``interpreter`` (from probe_python) is the one that runs servers and stress tests."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=script_path("."), capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=script_path("."),
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"type": "environment", **interpreter, "runner_python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
-            "memory_bytes": _memory_bytes(), "start": _now(), "end": None, "duration_s": None,
-            "commit": commit, "dirty": dirty, "argv": sys.argv[1:]}
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-def _finish_environment(jsonl: Path, written: str, duration: float, completed: bool) -> None:
-    """Fill in the end of the sweep on its environment line (the one this session wrote)."""
-    lines = jsonl.read_text(encoding="utf-8").split("\n")
-    if written not in lines:
-        return
-    record = dict(json.loads(written), end=_now(), duration_s=round(duration, 3), completed=completed)
-    lines[lines.index(written)] = json.dumps(record)
-    partial = jsonl.with_name(jsonl.name + ".part")
-    partial.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(partial, jsonl)       # all or nothing: the file is never left half rewritten
-
-
-def _memory_bytes() -> Optional[int]:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def read_done(path: Path, client_pool: str, client_work: str = "verify") -> tuple[set, int]:
-    """Cells already in an existing CSV (for --resume) and the last row number.
-
-    The CSV has no column for the clients' kind (pool type and work), so the JSON
-    Lines beside it tell which made each row; rows made by other clients are not
-    this sweep's.
-    """
-    done, last = set(), 0
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        if next(reader, None) != CSV_COLUMNS:
-            raise SystemExit(f"run_experiment: {path} does not have the expected columns; "
-                             "remove it or choose another --output")
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(CSV_COLUMNS) or not row[0].isdigit():
-                raise SystemExit(f"run_experiment: {path} line {line} is not a row this tool wrote; "
-                                 "fix or remove it, or choose another --output")
-            done.add(csv_key(row))
-            last = max(last, int(row[0]))
-    kinds = _client_kinds(path.with_suffix(".jsonl"))
-    if done and kinds != {(client_pool, client_work)}:
-        found = ", ".join(f"client pool type {pool} with --client-work {work}" for pool, work in sorted(kinds)) \
-            or "unknown clients (no JSON Lines beside it)"
-        raise SystemExit(f"run_experiment: {path} was made with {found}, not client pool type {client_pool} with "
-                         f"--client-work {client_work}; choose another --output to keep both")
-    return done, last
-
-
-def _client_kinds(jsonl: Path) -> set[tuple[str, str]]:
-    """(client pool type, client work) of every cell; cells from before --client-work decoded."""
-    kinds = set()
-    try:
-        with open(jsonl, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("type") == "cell":
-                    kinds.add((record.get("client_pool"), record.get("client_work", "decode")))
-    except OSError:
-        pass
-    return kinds
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-# ---------------------------------------------------------------------- the sweep
-
-Server = ServerProcess | AttachedServer
-
-
-class Sweep:
-    def __init__(self, args: argparse.Namespace, cells: list[Cell], root: str, interpreter: dict,
-                 commands: dict[str, list[str]] | None = None) -> None:
-        self.args, self.cells, self.root, self.interpreter = args, cells, root, interpreter
-        self.commands = commands or {}      # model name -> command line of a server of anyone's making
-        self.output = Path(args.output)
-        self.jsonl = self.output.with_suffix(".jsonl")
-        self.server: Server | None = None
-        self.start_error = ""
-
-    def run(self) -> int:
-        env = environment(self.interpreter)   # before the output files are opened: they would make the tree look dirty
-        done, number = (read_done(self.output, self.args.client_pool_type, self.args.client_work)
-                        if self.args.resume and self.output.exists() else (set(), 0))
-        todo = [c for c in self.cells if c.key() not in done]
-        if done:
-            print(f"resuming: {len(self.cells) - len(todo)} of {len(self.cells)} cells already in {self.output}",
-                  file=sys.stderr)
-        append = bool(done) or (self.args.resume and self.output.exists())
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.output, "a" if append else "w", newline="", encoding="utf-8") as csv_file, \
-                open(self.jsonl, "a" if append else "w", encoding="utf-8") as jsonl_file:
-            writer = csv.writer(csv_file, lineterminator="\n")
-            if not append:
-                writer.writerow(CSV_COLUMNS)
-                csv_file.flush()
-            written = _write_json(jsonl_file, env)
-            started, completed = time.monotonic(), False
-            try:
-                self._sweep(todo, number, writer, csv_file, jsonl_file)
-                completed = True
-            finally:
-                jsonl_file.close()
-                _finish_environment(self.jsonl, written, time.monotonic() - started, completed)
-        return 0
-
-    def _sweep(self, todo: list[Cell], number: int, writer: "csv._writer", csv_file: TextIO,
-               jsonl_file: TextIO) -> None:
-        started = time.monotonic()
-        weights = [c.size_mb * c.clients + 5 for c in todo]    # rough cost, for the ETA only
-        spent_weight = 0.0
-        try:
-            for index, cell in enumerate(todo):
-                self._ensure_server(cell)
-                samples = [self._run_one(cell) for _ in range(self.args.repeat)]
-                result = representative(samples)
-                number += 1
-                record = {"type": "cell", "row": number, "model": cell.model,
-                          "server_workers": cell.server_workers, "op": cell.op, "size_mb": cell.size_mb,
-                          "clients": cell.clients, "client_pool": self.args.client_pool_type,
-                          "client_work": self.args.client_work, "result": result,
-                          "samples": samples}
-                writer.writerow(csv_row(record))
-                csv_file.flush()
-                _write_json(jsonl_file, record)
-                spent_weight += weights[index]
-                elapsed = time.monotonic() - started
-                eta = elapsed / spent_weight * (sum(weights) - spent_weight)
-                rate = result.get("throughput_Bps")
-                print(f"[{index + 1}/{len(todo)}] {cell.label()}: {result['succeed']} ok, {result['failed']} failed, "
-                      f"{'-' if rate is None else f'{rate / 1e6:.1f}'} MB/s per client, server "
-                      f"{result.get('server_succeeded')}/{result.get('server_failed')} ok/failed | "
-                      f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}", file=sys.stderr, flush=True)
-        finally:
-            self._stop_server()
-
-    def _run_one(self, cell: Cell) -> dict:
-        assert self.server is not None
-        if not self.server.alive():
-            return failed_result(cell, self.args.client_pool_type, self.start_error or "the server was not running")
-        result = run_cell(cell, self.server, self.args.client_pool_type, self.args.timeout, self.args.python,
-                          self.args.client_work)
-        if not self.server.alive():
-            log.warning("the %s server died during %s (status %s); a fresh one takes the next cells",
-                        cell.model, cell.label(), self.server.proc.returncode if self.server.proc else None)
-            result.setdefault("notes", []).append("the server died during this cell")
-            self._stop_server()
-        return result
-
-    def _ensure_server(self, cell: Cell) -> None:
-        if self.server is not None and self.server.alive() and \
-                (self.server.model, self.server.workers) == (cell.model, cell.server_workers):
-            return
-        self._stop_server()
-        # Known before it starts, so that Ctrl-C while it starts still stops it.
-        self.server = self._new_server(cell)
-        self.start_error = ""
-        try:
-            self.server.start(self.args.server_start_timeout)
-        except ServerStartError as exc:
-            log.error("%s", exc)          # not alive: its cells are recorded as failed
-            self.start_error = f"the server did not start: {exc}"
-
-    def _new_server(self, cell: Cell) -> Server:
-        if self.args.attach:
-            host, port = self.args.attach
-            return AttachedServer(cell.model, host, port, cell.server_workers)
-        if cell.model in self.commands:
-            return ForeignServer(cell.model, self.commands[cell.model], self.root, cell.server_workers,
-                                 port=self.args.server_port)
-        return ServerProcess(cell.model, self.root, cell.server_workers, extra_args=["--log-level", "WARNING"],
-                             python=self.args.python)
-
-    def _stop_server(self) -> None:
-        if self.server is not None:
-            code = self.server.stop()
-            if code not in (0, None) and not (isinstance(self.server, ForeignServer) and code == -signal.SIGTERM):
-                log.warning("the %s server exited with status %s", self.server.model, code)
-            self.server = None
-
-
-def _write_json(f: TextIO, record: dict) -> str:
-    line = json.dumps(record)
-    f.write(line + "\n")
-    f.flush()
-    return line
 
 
 # ---------------------------------------------------------------------- command line
@@ -391,7 +67,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Sweep the thread-pool and process-pool file servers with stress_test.py and write results.csv; "
                     "or report on, or compare, finished runs.",
         epilog="Default: the full original sweep of 108 cells (2 models x 3 server pools x 2 operations x "
-               "3 sizes x 3 client pools) into results.csv. A narrower sweep (--quick or any list) writes "
+               "3 sizes x 3 client pools), each run at least 3 times on each model, into results.csv (about "
+               "25 minutes on 2 cores). A narrower sweep (--quick or any list) writes "
                f"{NARROWED_OUTPUT} unless --output says otherwise. Lists are comma-separated, e.g. --sizes 10,50.")
     p.add_argument("--models", type=_list_of(str),
                    help="server models: thread, process and NAMEs of --server-command (default: thread,process "
@@ -412,9 +89,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=timeout_seconds, default=300.0,
                    help="seconds one stress test may take before it is killed and its clients count as "
                         "failed (default: %(default)s)")
-    p.add_argument("--repeat", type=positive_int, default=1,
-                   help="run each cell N times; the CSV row is the median run by throughput, the JSON Lines "
-                        "keep every run (default: %(default)s)")
+    repeats = p.add_argument_group(
+        "repeats", "Each cell is measured on every model in turn (ABBA), the servers of one pool size side by side. "
+        "A short cell gets more than --repeat runs, up to --max-repeat, until each model has --min-time seconds "
+        "of measured time or a 95% interval within 5% of its mean. The CSV row is each model's median run by "
+        "aggregate throughput; the JSON Lines keep every run.")
+    repeats.add_argument("--repeat", type=positive_int, default=3, metavar="N",
+                         help="at least N measured runs of each cell on each model; 1 is a fast look with no "
+                              "interval (default: %(default)s)")
+    repeats.add_argument("--max-repeat", type=positive_int, metavar="N",
+                         help="at most N measured runs (default: twice --repeat; 1 with --repeat 1)")
+    repeats.add_argument("--min-time", type=grace_seconds, default=1.0, metavar="SECONDS",
+                         help="measured seconds per model after which a cell needs no more runs "
+                              "(default: %(default)s)")
+    repeats.add_argument("--warmup", type=int, choices=range(0, 10), default=0, metavar="N",
+                         help="runs of each cell on each model made first and discarded (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="skip the cells already in --output, append the rest")
     p.add_argument("--quick", action="store_true", help="a tiny sweep (1 MB, 1 and 3 clients) for a first try")
     p.add_argument("--root", help="folder the servers serve during the sweep (default: a temporary folder)")
@@ -445,8 +134,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                          help="sweep the clients against one server already running there, never started or "
                               "stopped here; label it with --models NAME and a single --server-workers N")
     p.add_argument("--interleave", action="store_true",
-                   help="run each cell on every model in turn (a fresh server each time), so a machine whose "
-                        "speed drifts hits every model alike")
+                   help="accepted for older command lines: every sweep now measures each cell on every model "
+                        "in turn")
     return p
 
 
@@ -504,6 +193,13 @@ def output_for(args: argparse.Namespace, lists: dict[str, list]) -> str:
     return DEFAULT_OUTPUT if full else NARROWED_OUTPUT
 
 
+def repeat_policy(args: argparse.Namespace) -> RepeatPolicy:
+    """The repeats asked for: --repeat 1 is one run exactly; else up to --max-repeat (default twice --repeat)."""
+    most = args.max_repeat or (1 if args.repeat == 1 else 2 * args.repeat)
+    return RepeatPolicy(min_runs=args.repeat, max_runs=max(most, args.repeat), min_time=args.min_time,
+                        warmup=args.warmup)
+
+
 def report(jsonl: Path) -> int:
     run = load_run(jsonl)
     markdown, chart = jsonl.with_suffix(".md"), jsonl.with_suffix(".svg")
@@ -552,31 +248,38 @@ def main(argv: list[str] | None = None) -> int:
         lists["models"] = base["models"] + list(commands)
     _check_models(parser, args, lists["models"], commands)
     args.output = output_for(args, lists)
-    cells = plan(lists["models"], lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"],
-                 args.interleave)
+    cells = plan(lists["server_workers"], lists["ops"], lists["sizes"], lists["client_workers"])
     # SIGTERM ends the sweep like Ctrl-C: servers and stress tests are stopped, finished rows kept.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = args.root or tempfile.mkdtemp(prefix="fileserver-sweep-")
-    started = time.monotonic()
+    started, status = time.monotonic(), 0
+    output = Path(args.output)
     try:
-        Sweep(args, cells, root, interpreter, commands).run()
+        Sweep(args, cells, lists["models"], root, interpreter, repeat_policy(args), commands).run()
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished rows are in {args.output}; --resume continues", file=sys.stderr)
         return 130
+    except ServerUnreachable as exc:
+        print(f"run_experiment: {exc}; the sweep stopped. Finished cells are in {output}; start the server "
+              "again and add --resume to run the rest (the cell it was on is not recorded)", file=sys.stderr)
+        status = 3
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
-    output = Path(args.output)
-    run = load_run(output.with_suffix(".jsonl"))
-    write_report(run, output.with_suffix(".md"), output.with_suffix(".svg"))
+    try:
+        run = load_run(output.with_suffix(".jsonl"))
+        write_report(run, output.with_suffix(".md"), output.with_suffix(".svg"))
+    except ReportError as exc:
+        print(f"run_experiment: no report: {exc}", file=sys.stderr)
+        return status or 2
     print(aggregate_table(run).text())
-    print(f"\n{len(run.cells)} cells in {output} ({_duration(time.monotonic() - started)}); "
+    print(f"\n{len(run.cells)} model cells in {output} ({duration(time.monotonic() - started)}); "
           f"every run in {output.with_suffix('.jsonl')}; chart in {output.with_suffix('.svg')}, "
           f"report in {output.with_suffix('.md')}")
     for model in uncounted_models(run):
         print(f"the {model} server could not report its request counts (no answer to STATS): "
               "its server columns are empty")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

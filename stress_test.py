@@ -357,7 +357,9 @@ def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optiona
         "succeed": len(good),
         "failed": len(outcomes) - len(good),
         "total_time_s": statistics.fmean(times) if times else None,
-        "throughput_Bps": statistics.fmean(o.bytes / o.seconds for o in good) if good else None,
+        # As the original: bytes of the successful clients / the sum of their times (not a mean of rates,
+        # which overstates what clients get when they queue).
+        "throughput_Bps": total_bytes / sum(times) if good and sum(times) > 0 else None,
         "wall_time_s": wall,
         "aggregate_throughput_Bps": total_bytes / wall if wall > 0 else None,
         "latency_s": {"min": min(times, default=None), "p50": percentile(times, 50),

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 from xml.sax.saxutils import escape
 
+from . import stats
+
 MAIN_MODELS = ("thread", "process")
 # Thread servers blue, process servers red-orange; other models (foreign servers, other runs) after.
 COLOURS = {"thread": "#2166ac", "process": "#d6604d"}
@@ -188,8 +190,32 @@ def aggregate_mbps(cell: Mapping) -> Optional[float]:
     return None if value is None else value / 1e6
 
 
+def sample_rates(cell: Mapping) -> list[float]:
+    """Aggregate MB/s of each measured run of a cell record that had a successful client (a record from
+    before repeats has its one result)."""
+    samples = cell.get("samples") or ([cell["result"]] if cell.get("result") else [])
+    return [s["aggregate_throughput_Bps"] / 1e6 for s in samples
+            if s.get("succeed") and s.get("aggregate_throughput_Bps")]
+
+
+def aggregate_interval(cell: Mapping) -> Optional[tuple[float, float]]:
+    """The 95% confidence interval of a cell's mean aggregate MB/s; None with fewer than two runs."""
+    summary = stats.summarize(sample_rates(cell))
+    return None if summary is None else summary.ci
+
+
+def per_client_Bps(result: Mapping) -> Optional[float]:
+    """Throughput per client as the original computes it: file bytes of the successful clients / the sum of
+    their times, i.e. the file's size / their mean time (so it agrees with "Waktu total per client")."""
+    seconds = result.get("total_time_s")
+    if not seconds or not result.get("succeed"):
+        return None
+    size = result.get("size_bytes") or round(float(result["size_mb"]) * 2 ** 20)
+    return size / seconds
+
+
 def per_client_mbps(cell: Mapping) -> Optional[float]:
-    value = _result(cell).get("throughput_Bps")
+    value = per_client_Bps(_result(cell))
     return None if value is None else value / 1e6
 
 
@@ -267,8 +293,18 @@ def write_chart(cells: Sequence[Mapping], path: str | Path, subtitle: str = "") 
             if len(coords) > 1:
                 canvas.add(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in coords)}" fill="none" '
                            f'stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>')
+            intervals = {c["clients"]: aggregate_interval(c) for c in here if c["model"] == model}
             for (n, v), (px, py) in zip(points, coords):
-                canvas.marker(shape, px, py, colour, f"{model}, {_plural(n, 'client')}: {v:.0f} MB/s in total")
+                interval = intervals.get(n)
+                if interval is not None:
+                    ends = [y + h * (1 - min(max(scale.share(max(e, 0.0)), 0.0), 1.0)) for e in interval]
+                    canvas.add(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{ends[0]:.1f}" y2="{ends[1]:.1f}" '
+                               f'stroke="{colour}" stroke-width="1.5"/>')
+                    for end in ends:
+                        canvas.add(f'<line x1="{px - 4:.1f}" x2="{px + 4:.1f}" y1="{end:.1f}" y2="{end:.1f}" '
+                                   f'stroke="{colour}" stroke-width="1.5"/>')
+                said = "" if interval is None else f" (95% CI of the mean {interval[0]:.0f} to {interval[1]:.0f})"
+                canvas.marker(shape, px, py, colour, f"{model}, {_plural(n, 'client')}: {v:.0f} MB/s in total{said}")
 
     def whiskers(canvas: Canvas, x: float, y: float, h: float, scale: Scale, here: Sequence[Mapping],
                  models: Sequence[str]) -> None:
@@ -292,16 +328,19 @@ def write_chart(cells: Sequence[Mapping], path: str | Path, subtitle: str = "") 
                               f"p99 {p99 if p99 is None else f'{p99:.3g}'} s")
 
     y = canvas.heading(30, "Aggregate throughput: what the server moves in total",
-                       f"File bytes of all successful clients / wall time, MB/s (10^6 B/s), linear scale.{note}")
+                       "File bytes of all successful clients / wall time, MB/s (10^6 B/s), linear scale. Dot: the "
+                       f"median run; whisker: 95% CI of the mean over the runs.{note}")
     y = canvas.legend(y, legend) + 16
-    y = _grid(canvas, y, cells, linear_scale(aggregate_mbps(c) for c in cells), "total MB/s", lines)
+    tops = [aggregate_mbps(c) for c in cells] + [i[1] for i in map(aggregate_interval, cells) if i is not None]
+    y = _grid(canvas, y, cells, linear_scale(tops), "total MB/s", lines)
     y = canvas.heading(y + 10, "Latency: seconds one client waits for its transfer",
                        "Dot: median (p50) over the cell's clients; whisker up to p99. Log scale.")
     y = canvas.legend(y, legend) + 16
     y = _grid(canvas, y, cells, log_scale([latency(c, "p50") for c in cells] + [latency(c, "p99") for c in cells]),
               "seconds (log)", whiskers)
     y = canvas.heading(y + 10, "Throughput per client",
-                       "Mean of each successful client's own MB/s, log scale. Bars darker for larger server pools.")
+                       "File bytes of successful clients / the sum of their times (median run), log scale. "
+                       "Bars darker for larger server pools.")
     canvas.height = _per_client_bars(canvas, y, cells, models) + 10
     Path(path).write_text(canvas.svg(), encoding="utf-8")
 

@@ -423,3 +423,20 @@ def cmdline(pid: int) -> str:
 def open_descriptors(pid: int) -> int:
     """How many file descriptors ``pid`` has open."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds the whole machine has spent (all cores) since boot, as (busy, stolen): busy is user,
+    nice, system, irq and softirq time; stolen is time a hypervisor gave to other machines.  None
+    without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]] + [0] * 8
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz

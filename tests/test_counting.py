@@ -172,7 +172,7 @@ class SweepOutputTest(unittest.TestCase):
         cls.done = subprocess.run(
             [sys.executable, str(REPO / "run_experiment.py"), "--output", str(cls.output), "--models", "thread",
              "--server-workers", "1", "--ops", "upload", "--sizes", "0.25", "--client-workers", "1",
-             "--repeat", "3"],
+             "--repeat", "3", "--max-repeat", "3"],
             capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=cls._tmp.name)
 
     @classmethod
@@ -205,7 +205,7 @@ class SweepOutputTest(unittest.TestCase):
     def test_repeat_writes_the_median_run(self) -> None:
         samples = self.cells[0]["samples"]
         self.assertEqual(len(samples), 3)
-        ranked = sorted(samples, key=lambda s: s["throughput_Bps"])
+        ranked = sorted(samples, key=lambda s: s["aggregate_throughput_Bps"])
         self.assertEqual(self.cells[0]["result"], ranked[1])
         self.assertEqual(self.rows[1][7], f"{ranked[1]['throughput_Bps']:.0f}")
 
@@ -213,13 +213,14 @@ class SweepOutputTest(unittest.TestCase):
 class MedianChoiceTest(unittest.TestCase):
     def test_median_of_three_and_of_four_with_a_failed_run(self) -> None:
         sys.path.insert(0, str(REPO))
-        from run_experiment import representative
-        runs = [{"throughput_Bps": rate, "id": i} for i, rate in enumerate((30.0, 10.0, 20.0))]
+        from fileshare.sweep import representative
+        runs = [{"aggregate_throughput_Bps": rate, "succeed": 1, "id": i}
+                for i, rate in enumerate((30.0, 10.0, 20.0))]
         self.assertEqual(representative(runs)["id"], 2)
-        runs.append({"throughput_Bps": None, "id": 3})          # a run whose clients all failed
-        self.assertIn(representative(runs)["id"], (1, 2), "one of the two middle runs, not the fastest")
-        runs[3] = {"throughput_Bps": 40.0, "id": 3}
-        self.assertIn(representative(runs)["id"], (0, 2))
+        runs.append({"aggregate_throughput_Bps": None, "succeed": 0, "id": 3})     # a run whose clients all failed
+        self.assertEqual(representative(runs)["id"], 1, "the lower middle run, not the fastest")
+        runs[3] = {"aggregate_throughput_Bps": 40.0, "succeed": 1, "id": 3}
+        self.assertEqual(representative(runs)["id"], 2)
 
 
 if __name__ == "__main__":

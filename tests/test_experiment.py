@@ -37,7 +37,9 @@ class ExperimentTest(unittest.TestCase):
         self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(self.tmp)], check=False))
 
     def run_sweep(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, SCRIPT, "--output", str(self.output), *args],
+        """A sweep with one run per cell unless ``args`` ask for more (a test needs no interval)."""
+        repeat = [] if "--repeat" in args else ["--repeat", "1"]
+        return subprocess.run([sys.executable, SCRIPT, "--output", str(self.output), *repeat, *args],
                               capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp))
 
     def run_tool(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -46,7 +48,7 @@ class ExperimentTest(unittest.TestCase):
                               cwd=str(self.tmp))
 
     def start_sweep(self, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, SCRIPT, "--output", str(self.output), *args],
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--output", str(self.output), "--repeat", "1", *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(self.tmp),
                                 start_new_session=True)
 
@@ -79,7 +81,8 @@ class ExperimentTest(unittest.TestCase):
         body = rows[1:]
         self.assertEqual(len(body), 8)   # 2 models x 1 pool x 2 ops x 1 size x 2 client counts
         self.assertEqual([r[0] for r in body], [str(i) for i in range(1, 9)])
-        expected_order = [(m, o, c) for m in ("thread", "process") for o in ("download", "upload") for c in ("1", "3")]
+        # Cell by cell, each on both models (the servers of one pool size run side by side).
+        expected_order = [(m, o, c) for o in ("download", "upload") for c in ("1", "3") for m in ("thread", "process")]
         self.assertEqual([(r[1], r[2], r[4]) for r in body], expected_order)
         for row in body:
             self.assertEqual(row[3], "0.25 MB")
@@ -100,7 +103,7 @@ class ExperimentTest(unittest.TestCase):
         self.assertEqual({(c["client_work"], c["result"]["client_work"]) for c in cells}, {("verify", "verify")})
         self.assertIn("<svg", self.output.with_suffix(".svg").read_text())
         self.assertIn("thread MB/s", done.stdout)
-        self.assertEqual(done.stderr.count("ETA"), 8)
+        self.assertEqual(done.stderr.count("ETA"), 4)                    # one progress line per cell
 
     def test_client_work_decode_reaches_every_stress_test(self) -> None:
         done = self.run_sweep("--models", "process", "--server-workers", "2", "--sizes", "0.25",
@@ -124,6 +127,42 @@ class ExperimentTest(unittest.TestCase):
         self.assertEqual(after[2][0], "2")                        # numbering continues
         self.assertEqual(after[2][3], "0.5 MB")
         self.assertEqual(again.stderr.count("ETA"), 1)            # only the missing cell ran
+
+    def _resume_after(self, damage) -> tuple[list[list[str]], subprocess.CompletedProcess]:
+        """A one-cell sweep, ``damage`` done to its files, then --resume of a two-cell sweep."""
+        cells = ("--models", "thread", "--server-workers", "2", "--ops", "download", "--client-workers", "1")
+        first = self.run_sweep(*cells, "--sizes", "0.25")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        before = read_csv(self.output)
+        damage(self.output, self.output.with_suffix(".jsonl"))
+        again = self.run_sweep(*cells, "--sizes", "0.25,0.5", "--resume")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertNotIn("Traceback", again.stderr)
+        after = read_csv(self.output)
+        self.assertEqual(after[:2], before)                       # the finished row is kept as it was
+        self.assertEqual([len(row) for row in after], [len(CSV_COLUMNS)] * 3)
+        for line in self.output.with_suffix(".jsonl").read_text().splitlines():
+            json.loads(line)                                      # every line whole
+        self.assertTrue(self.output.with_suffix(".md").exists())
+        report = self.run_tool("--report", str(self.output.with_suffix(".jsonl")))
+        self.assertEqual(report.returncode, 0, report.stderr)
+        return after, again
+
+    def test_resume_after_files_that_lack_their_last_newline(self) -> None:
+        def strip_newline(csv_path: Path, jsonl: Path) -> None:
+            for path in (csv_path, jsonl):
+                path.write_bytes(path.read_bytes().rstrip(b"\n"))
+        after, _ = self._resume_after(strip_newline)
+        self.assertEqual(after[2][3], "0.5 MB")
+
+    def test_resume_after_a_cut_json_line(self) -> None:
+        def cut(csv_path: Path, jsonl: Path) -> None:
+            last = jsonl.read_text().splitlines()[-1]
+            with open(jsonl, "a") as f:
+                f.write(last[:len(last) // 2].replace('"row": 1', '"row": 2'))     # half a record, no newline
+        after, again = self._resume_after(cut)
+        self.assertIn("cut short", again.stderr)
+        self.assertEqual([row[3] for row in after[1:]], ["0.25 MB", "0.5 MB"])
 
     def test_resume_refuses_rows_made_by_other_clients(self) -> None:
         first = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
@@ -176,11 +215,11 @@ class ExperimentTest(unittest.TestCase):
         for name in ("results.csv", "results.jsonl", "results.svg", "results.md"):
             (self.tmp / name).write_text(f"the real run's {name}\n")
             committed[name] = (self.tmp / name).read_text()
-        quick = self.run_tool("--quick")
+        quick = self.run_tool("--quick", "--repeat", "1")
         self.assertEqual(quick.returncode, 0, quick.stderr)
         self.assertEqual(len(read_csv(self.tmp / NARROWED_OUTPUT)) - 1, 8)
         narrowed = self.run_tool("--models", "thread", "--server-workers", "1", "--ops", "download",
-                                 "--sizes", "0.25", "--client-workers", "1")
+                                 "--sizes", "0.25", "--client-workers", "1", "--repeat", "1")
         self.assertEqual(narrowed.returncode, 0, narrowed.stderr)
         self.assertEqual(len(read_csv(self.tmp / NARROWED_OUTPUT)) - 1, 1)
         for suffix in (".jsonl", ".svg", ".md"):

@@ -262,7 +262,8 @@ class ExperimentWithForeignTest(ForeignTestCase):
 
     def sweep(self, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(REPO / "run_experiment.py"), "--output", str(self.output),
-                               "--root", str(self.root), "--sizes", "0.5", "--server-workers", "2", *args],
+                               "--root", str(self.root), "--sizes", "0.5", "--server-workers", "2", "--repeat", "1",
+                               *args],
                               capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp))
 
     def rows(self) -> list[dict]:
@@ -326,7 +327,7 @@ class ExperimentWithForeignTest(ForeignTestCase):
         proc = subprocess.Popen([sys.executable, str(REPO / "run_experiment.py"), "--output", str(self.output),
                                  "--root", str(self.root), "--server-workers", "2", "--models", "mini",
                                  "--server-command", f"mini=python {self.script.name} --announce --stubborn-child",
-                                 "--sizes", "0.25,0.5,1,2", "--client-workers", "1,2"],
+                                 "--sizes", "0.25,0.5,1,2", "--client-workers", "1,2", "--repeat", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(self.tmp),
                                 start_new_session=True)
         self.addCleanup(lambda: proc.poll() is None and (os.killpg(proc.pid, signal.SIGKILL), proc.wait(10)))
@@ -356,6 +357,37 @@ class ExperimentWithForeignTest(ForeignTestCase):
                          [("theirs", "download", "7"), ("theirs", "upload", "7")])
         for row in rows:
             self.assertEqual((row["Jumlah client sukses"], row["Jumlah server sukses"]), ("2", "2"), row)
+
+    def test_attach_to_a_server_that_dies_stops_the_sweep_and_resume_runs_the_rest(self) -> None:
+        args = ["--models", "theirs", "--server-workers", "3", "--ops", "download", "--sizes", "0.25,0.5,1",
+                "--client-workers", "1,2"]
+        server = ServerProcess("thread", self.tmp / "attached", 3, extra_args=["--log-level", "WARNING"]).start()
+        self.addCleanup(server.stop)
+        proc = subprocess.Popen([sys.executable, str(REPO / "run_experiment.py"), "--output", str(self.output),
+                                 "--root", str(self.root), "--repeat", "1", "--attach", f"127.0.0.1:{server.port}",
+                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=str(self.tmp), start_new_session=True)
+        self.addCleanup(lambda: proc.poll() is None and (os.killpg(proc.pid, signal.SIGKILL), proc.wait(10)))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (self.output.exists() and len(self.rows()) >= 1):
+            time.sleep(0.02)
+        server.stop()
+        out, err = proc.communicate(timeout=60)
+        self.assertNotEqual(proc.returncode, 0, err)
+        self.assertIn("does not accept connections", err.replace("stopped accepting connections",
+                                                                "does not accept connections"))
+        self.assertIn("--resume", err)
+        rows = self.rows()
+        self.assertGreaterEqual(len(rows), 1)
+        self.assertLess(len(rows), 6)
+        self.assertEqual([r["Jumlah client gagal"] for r in rows], ["0"] * len(rows), "a cell with no server "
+                         "was recorded as measured")
+        with ServerProcess("thread", self.tmp / "attached", 3, extra_args=["--log-level", "WARNING"]) as again:
+            resumed = self.sweep("--attach", f"127.0.0.1:{again.port}", *args, "--resume")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        rows = self.rows()
+        self.assertEqual(len(rows), 6)
+        self.assertEqual([r["Jumlah client gagal"] for r in rows], ["0"] * 6)
 
     def test_attach_and_model_names_are_checked(self) -> None:
         for args, message in ((["--attach", "127.0.0.1:6667"], "--attach measures one server"),

@@ -16,7 +16,7 @@ PACKAGE = REPO / "fileshare"
 # Lower layers never import higher ones; a module may import its own layer's modules
 # only where listed in SAME_LAYER.
 LAYERS = [
-    {"cli", "protocol"},
+    {"cli", "protocol", "stats"},
     {"replies", "streaming", "chart"},
     {"report"},
     {"store", "state"},
@@ -24,6 +24,7 @@ LAYERS = [
     {"loadgen"},
     {"server", "thread_pool", "process_pool"},
     {"harness"},
+    {"sweep"},
 ]
 SAME_LAYER = {("streaming", "protocol"), ("replies", "protocol"), ("store", "state")}
 SCRIPTS = {path.stem for path in REPO.glob("*.py")}

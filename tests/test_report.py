@@ -119,12 +119,13 @@ class ReportTest(unittest.TestCase):
                      "| client work | decode |"):
             self.assertIn(fact, report)
         self.assertIn("| " + " | ".join(CSV_COLUMNS) + " |", report)
-        self.assertIn("| upload | 1 MB | 4 | 2 | 200 | 300 | x1.50 | 0/0 |", report)
-        self.assertIn("| upload | 1 MB | 8 | 2 | 100 | - | - | 3/- |", report)
+        self.assertIn("| upload | 1 MB | 4 | 2 | 200 | 300 | 1/1 | x1.50 | - | no interval |  | 0/0 |", report)
+        self.assertIn("| upload | 1 MB | 8 | 2 | 100 | - | 1/- | - | - | - |  | 3/- |", report)
         self.assertIn("![Aggregate throughput, latency and throughput per client](run.svg)", report)
-        self.assertIn("**Download**, 2 cells: process moves more in 0, thread in 0, they tie in 2.", report)
-        self.assertNotIn("Download, largest difference", report)       # a tie has none worth naming
-        self.assertIn("**Upload**, 2 cells: process moves more in 1 (x1.50), thread in 0, they tie in 1.", report)
+        # One run per cell: no interval, so nothing is called a difference, not even the single x1.50.
+        self.assertIn("One run per cell and model (`--repeat 1`): no interval could be computed", report)
+        self.assertIn("**Upload**, 2 cells: no verdict, since no cell has an interval.", report)
+        self.assertNotIn("largest difference", report)
         self.assertIn("3 of 28 client transfers failed, in 1 of 9 cells (thread: 3)", report)
         self.assertIn("Throughput per client", svg_texts(self.tmp / "run.svg"))
         self.assertIn("x1.50", done.stdout)
@@ -149,11 +150,11 @@ class ReportTest(unittest.TestCase):
         lines = {tuple(line.split()[:6]): line.split()[6:] for line in done.stdout.splitlines()
                  if line.split()[:1] in (["thread"], ["process"])}
         # process x2 upload 1 MB 4 clients: 300 MB/s then 600, the second run with 2 failed clients.
-        self.assertEqual(lines[("process", "2", "upload", "1", "MB", "4")], ["300", "0", "600", "2", "x2.00"])
-        self.assertEqual(lines[("thread", "2", "download", "1", "MB", "1")], ["200", "0", "-", "-", "-"])
+        self.assertEqual(lines[("process", "2", "upload", "1", "MB", "4")], ["300", "0", "600", "2", "x2.00", "-"])
+        self.assertEqual(lines[("thread", "2", "download", "1", "MB", "1")], ["200", "0", "-", "-", "-", "-"])
         markdown = (self.tmp / "out" / "cmp.md").read_text()
         self.assertIn("results (a)", markdown)
-        self.assertIn("| process | 2 | upload | 1 MB | 4 | 300 | 0 | 600 | 2 | x2.00 |", markdown)
+        self.assertIn("| process | 2 | upload | 1 MB | 4 | 300 | 0 | 600 | 2 | x2.00 | - |", markdown)
         self.assertIn("CPython 3.14.0 (free-threaded, GIL off)", markdown)
         self.assertIn("process server, upload: x1.00 to x2.00", markdown)
         titles = svg_titles(self.tmp / "out" / "cmp.svg")
