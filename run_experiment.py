@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from fileshare import conformance
 from fileshare.cli import grace_seconds, positive_int, remote_port, size_mib, timeout_seconds
 from fileshare.harness import READY_TIMEOUT, SERVER_SCRIPTS
 from fileshare.report import (CSV_COLUMNS, ReportError, aggregate_table, compare_summary, compare_table, load_run,
@@ -116,6 +117,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     modes.add_argument("--compare", nargs="+", metavar="JSONL",
                        help="no sweep: two or more finished runs side by side, printed and written as Markdown "
                             "and SVG (per cell: aggregate MB/s, failed clients, ratio to the first run)")
+    conformance.add_arguments(p, modes)
     foreign = p.add_argument_group(
         "other implementations",
         "Measure any server that speaks the protocol, beside ours. A --server-command server gets MAX_WORKERS, "
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    if args.conformance or args.list_cases:
+        return conformance.main(args, parser)
     try:
         if args.report:
             return report(Path(args.report))
