@@ -34,6 +34,8 @@ OVERLONG_REQUEST = 1024 * 1024      # bytes of a request line that never ends
 
 def case(case_id: str, title: str, bad_input: bool = False, budget: float = 30.0) -> Callable:
     def register(run: Callable[[Probe], Optional[str]]) -> Callable[[Probe], Optional[str]]:
+        if any(c.id == case_id for c in CASES):
+            raise ValueError(f"case {case_id} is defined twice")
         CASES.append(Case(case_id, title, run, bad_input, budget))
         return run
     return register
@@ -246,73 +248,74 @@ def unterminated_get(p: Probe) -> None:
 # ============================================================ 3. Names
 
 def _strays(p: Probe, basename: str) -> list[str]:
-    """Files named ``basename`` that a name reaching outside the folder put beside it; removed."""
+    """Where a name reaching outside the folder put a file ``basename`` (removed again)."""
     found = []
-    for folder in p.escape_dirs:
+    for folder, where in p.escape_dirs.items():
         path = os.path.join(folder, basename)
-        if os.path.lexists(path) and os.path.abspath(path) != os.path.abspath(p.outside_file or ""):
-            found.append(path)
+        if os.path.lexists(path):
+            found.append(where)
             os.unlink(path)
     return found
 
 
-def _upload_outside(p: Probe, name: str, basename: str) -> str:
+def _upload_outside(p: Probe, name: str, basename: str, what: str) -> str:
     try:
-        how = p.refused(upload_request(name, b"must not be written"), "3.1", f"UPLOAD {name!r}")
+        how = p.refused(upload_request(name, b"must not be written"), "3.1", what)
     except Verdict as verdict:
         strays = _strays(p, basename)
         raise breach("3.1", verdict.expected,
-                     verdict.actual + (f"; written to {', '.join(strays)}" if strays else "")) from None
+                     verdict.actual + (f"; the file was written {' and '.join(strays)}" if strays else "")) from None
     strays = _strays(p, basename)
     if strays:
-        raise breach("3.1", f"nothing written outside the folder for UPLOAD {name!r}",
-                     f"{how}, yet {', '.join(strays)} was written")
+        raise breach("3.1", f"nothing written outside the folder for {what}",
+                     f"{how}, yet the file was written {' and '.join(strays)}")
     return how
 
 
 @case("3.1.1", "UPLOAD ../NAME is refused and nothing is written outside the folder", bad_input=True)
 def upload_parent(p: Probe) -> str:
     basename = p.name("escape", ".txt")
-    return _upload_outside(p, "../" + basename, basename)
+    return _upload_outside(p, "../" + basename, basename, f"UPLOAD ../{basename}")
 
 
 @case("3.1.2", "UPLOAD of an absolute path is refused and nothing is written there", bad_input=True)
 def upload_absolute(p: Probe) -> str:
     basename = p.name("escape", ".txt")
-    folder = os.path.dirname(p.outside_file or "/tmp/none")
-    p.escape_dirs.append(folder)
-    return _upload_outside(p, os.path.join(folder, basename), basename)
+    folder = os.path.dirname(p.outside_file or "/nonexistent")
+    p.escape_dirs[folder] = "at the absolute path"
+    return _upload_outside(p, os.path.join(folder, basename), basename, "UPLOAD of an absolute path")
 
 
-def _get_outside(p: Probe, name: str) -> str:
+def _get_outside(p: Probe, name: str, what: str) -> str:
     reply = p.exchange(build_request("GET", name), "3.1")
     if reply.status == "OK":
         text = reply.content()
         planted = text is not None and text.decoded == p.outside_content
-        raise breach("3.1", f"ERROR (or a closed connection) for GET {name!r}",
+        raise breach("3.1", f"ERROR (or a closed connection) for {what}",
                      "OK with the content of the file planted outside the folder" if planted
                      else reply.describe())
-    return _message_of_error(reply, "10.1", f"ERROR for GET {name!r}")
+    return _message_of_error(reply, "10.1", f"ERROR for {what}")
 
 
 @case("3.1.3", "GET ../NAME of a file beside the served folder is refused", bad_input=True)
 def get_parent(p: Probe) -> str:
-    return _get_outside(p, "../" + os.path.basename(p.outside_file or "cf-outside"))
+    basename = os.path.basename(p.outside_file or "cf-outside")
+    return _get_outside(p, "../" + basename, f"GET ../{basename}")
 
 
 @case("3.1.4", "GET of an absolute path is refused", bad_input=True)
 def get_absolute(p: Probe) -> str:
-    return _get_outside(p, p.outside_file or "/cf-outside")
+    return _get_outside(p, p.outside_file or "/cf-outside", "GET of the absolute path of a file outside the folder")
 
 
 @case("3.1.5", "DELETE ../NAME of a file beside the served folder is refused, the file kept", bad_input=True)
 def delete_parent(p: Probe) -> str:
     basename = os.path.basename(p.outside_file or "cf-outside")
     reply = p.exchange(build_request("DELETE", "../" + basename), "3.1")
-    gone = [folder for folder in p.escape_dirs if not os.path.exists(os.path.join(folder, basename))]
+    gone = [where for folder, where in p.escape_dirs.items() if not os.path.exists(os.path.join(folder, basename))]
     if reply.status == "OK" or gone:
         raise breach("3.1", f"ERROR for DELETE ../{basename}, the file kept",
-                     reply.describe() + (f"; removed from {', '.join(gone)}" if gone else ""))
+                     reply.describe() + (f"; the file {' and '.join(gone)} was removed" if gone else ""))
     return f"ERROR {reply.message()!r}"
 
 

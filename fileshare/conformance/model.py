@@ -71,8 +71,10 @@ REQUIREMENTS: dict[str, tuple[str, str]] = {
     "10.2": ("SHOULD", "an ERROR reply says why, as a string under data"),
     "10.3": ("MUST", "a malformed request answers ERROR or closes the connection"),
     "10.4": ("MUST", "after any bad input the server goes on serving new connections"),
+    "10.5": ("MAY", "the connection is closed after an ERROR"),
     "11.1": ("SHOULD", "a request line over the server's limit is refused without waiting for its end"),
     "11.2": ("MUST", "an upload over the server's limit is refused (ERROR or close) and not stored"),
+    "11.3": ("MAY", "the number of open connections is limited"),
 }
 
 _OUTCOME_OF_LEVEL = {"MUST": Outcome.FAILED, "SHOULD": Outcome.NON_STRICT, "MAY": Outcome.INFORMATIONAL}

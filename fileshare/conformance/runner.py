@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from ..cli import positive_int, size_mib, timeout_seconds
+from ..cli import size_mib, timeout_seconds
 from ..harness import SERVER_SCRIPTS, AttachedServer, ForeignServer, ServerProcess, ServerStartError
 from ..server import DEFAULT_WORKERS
 from .cases import CASES
@@ -129,13 +129,13 @@ class Checked:
         if self.server is not None:
             self.server.stop()
 
-    def escape_dirs(self) -> list[str]:
+    def escape_dirs(self) -> dict[str, str]:
         """Where a name reaching outside the served folder lands: beside the folder we gave, and in
         the server's working directory (a server that serves a folder of its own there)."""
-        folders = [str(self.folder)]
+        folders = {str(self.folder): "beside the served folder"}
         workdir = getattr(self.server, "workdir", None)
         if workdir:
-            folders.append(workdir)
+            folders[workdir] = "in the server's working directory"
         return folders
 
     def probe(self, case: Case, timeout: float) -> Probe:
@@ -246,7 +246,7 @@ def implementations(args: argparse.Namespace, parser: argparse.ArgumentParser) -
                 OUR_UPLOAD_LIMIT_MIB * 1024 * 1024, workers))
         elif name in commands:
             found.append(Implementation(
-                name, shlex.join(commands[name]),
+                name, _as_typed(commands[name]),
                 lambda root, name=name: ForeignServer(name, commands[name], root, workers, port=args.server_port),
                 limit, workers))
         else:
@@ -296,6 +296,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("interrupted: the results so far are written", file=sys.stderr)
         return 130
     return 1 if any(run.failed for run in runs) else 0
+
+
+def _as_typed(command: Sequence[str]) -> str:
+    """The command for a report: files below the current folder relative, as a user gives them."""
+    here = os.getcwd() + os.sep
+    return shlex.join(os.path.relpath(w) if os.path.isabs(w) and w.startswith(here) else w for w in command)
 
 
 def _safe(name: str) -> str:

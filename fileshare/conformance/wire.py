@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Union
 
 from ..protocol import (RAW_CHUNK, TERMINATOR, ProtocolError, StrictBase64Decoder, build_request, encode_chunk,
                         upload_prefix)
@@ -53,7 +53,7 @@ class NoReply(Exception):
         if self.kind == CLOSED:
             base = self.detail or "the server closed the connection"
             return f"{base} after {len(got)} bytes of a reply: {_preview(got)}" if got else f"{base}, no reply"
-        base = f"no reply within {self.waited:g} s"
+        base = self.detail or f"no reply within {self.waited:g} s"
         return f"{base}; {len(got)} bytes came first: {_preview(got)}" if got else base
 
 
@@ -218,12 +218,14 @@ class Wire:
         return data
 
     def _receive(self, wait: Optional[float], received: bytearray, closing_ok: bool = False) -> bytes:
-        allowed = self.probe.wait(wait)
+        wanted = self.probe.timeout if wait is None else wait
+        allowed = self.probe.wait(wanted)
         try:
             self.sock.settimeout(allowed)
             data = self.sock.recv(RECV_SIZE)
         except (socket.timeout, TimeoutError):
-            raise NoReply(SILENT, allowed, bytes(received)) from None
+            cut_short = "the case's time is up" if allowed < wanted else ""
+            raise NoReply(SILENT, allowed, bytes(received), cut_short) from None
         except OSError:            # a reset: closed, whatever was on its way is lost
             data = b""
         if not data and not closing_ok:
@@ -237,20 +239,21 @@ class Wire:
 class Probe:
     """Everything a case knows of the implementation under test, and its means to talk to it.
 
-    ``escape_dirs`` are folders a name reaching outside the served folder would land in (the
-    parent of the folder, the server's working directory), where a planted file waits for a
-    GET ``../`` and where a stray upload would show; ``upload_limit`` is the server's upload limit
+    ``escape_dirs`` maps folders a name reaching outside the served folder would land in (the
+    parent of the folder, the server's working directory) to how a report names them (never by
+    their path, which means nothing on another machine); a planted file waits there for a GET
+    ``../`` and a stray upload would show there.  ``upload_limit`` is the server's upload limit
     in bytes, when known.
     """
 
     def __init__(self, address: tuple[str, int], timeout: float, budget: float, *,
-                 escape_dirs: Sequence[str] = (), outside_file: Optional[str] = None,
+                 escape_dirs: Optional[dict[str, str]] = None, outside_file: Optional[str] = None,
                  outside_content: bytes = b"", upload_limit: Optional[int] = None, workers: int = 5,
                  case_id: str = "x") -> None:
         self.address = address
         self.timeout = timeout
         self.deadline = time.monotonic() + budget
-        self.escape_dirs = list(escape_dirs)
+        self.escape_dirs = dict(escape_dirs or {})
         self.outside_file = outside_file               # an absolute path the server must never serve
         self.outside_content = outside_content
         self.upload_limit = upload_limit
