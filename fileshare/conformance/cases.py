@@ -479,7 +479,7 @@ def upload_every_byte(p: Probe) -> None:
 def upload_large(p: Probe) -> str:
     if p.upload_limit is not None and p.upload_limit < BIG_UPLOAD:
         raise informational("7.1", f"not tried: the server's upload limit ({p.upload_limit} bytes) is below "
-                            f"{BIG_UPLOAD} bytes")
+                            f"{BIG_UPLOAD} bytes", f"an upload of {BIG_UPLOAD} bytes, within the server's limit")
     name, source = p.name("large"), PatternSource(BIG_UPLOAD)
     p.created.append(name)
     started = time.monotonic()
@@ -570,12 +570,12 @@ def _vanish_mid_upload(p: Probe, name: str, size: int) -> None:
     wire.close()
 
 
-def _settled(p: Probe, check: Callable[[], Optional[str]]) -> None:
+def _settled(p: Probe, expected: str, check: Callable[[], Optional[str]]) -> None:
     """Look a few times while the server notices the hang-up: ``check`` says what is wrong, if anything."""
     for attempt in range(SETTLE_CHECKS):
         wrong = check()
         if wrong:
-            raise breach("7.6", "nothing of an upload whose client hung up halfway", wrong)
+            raise breach("7.6", expected, wrong)
         if attempt + 1 < SETTLE_CHECKS:
             time.sleep(SETTLE_PAUSE)
 
@@ -589,7 +589,7 @@ def vanished_upload_new(p: Probe) -> None:
     def visible() -> Optional[str]:
         partial = [n for n in p.names() if name in n]
         return f"LIST shows {partial}" if partial else None
-    _settled(p, visible)
+    _settled(p, "no trace of an upload whose client hung up halfway", visible)
 
 
 @case("7.6.2", "A client that hangs up halfway through an UPLOAD over a file leaves it intact", bad_input=True)
@@ -601,7 +601,7 @@ def vanished_upload_existing(p: Probe) -> None:
     def changed() -> Optional[str]:
         got = p.get(name, "7.6")
         return None if got == old else f"GET brings {difference(old, got)}"
-    _settled(p, changed)
+    _settled(p, f"the file as it was ({len(old)} bytes) after an upload over it was cut off halfway", changed)
 
 
 @case("7.6.3", "An UPLOAD refused for bad base64 over a file leaves it intact", bad_input=True)
@@ -813,7 +813,8 @@ def overlong_request(p: Probe) -> str:
 @case("11.2.1", "An UPLOAD over the server's limit is refused and not stored", bad_input=True, budget=300.0)
 def upload_over_limit(p: Probe) -> str:
     if p.upload_limit is None:
-        raise informational("11.2", "not tried: the server's upload limit is unknown (give --upload-limit-mb)")
+        raise informational("11.2", "not tried: the server's upload limit is unknown (give --upload-limit-mb)",
+                            "an upload 1 MiB over the server's limit refused, once the limit is known")
     name, source = p.name("too-large"), PatternSource(p.upload_limit + 1024 * 1024)
     p.created.append(name)
     wire = p.connect()

@@ -31,7 +31,7 @@ def to_json(runs: Sequence[ImplementationRun], cases: Sequence[Case], meta: dict
 
 
 def _cell(text: object) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
 def _shown(outcome: Outcome) -> str:

@@ -169,7 +169,7 @@ def check(impl: Implementation, cases: Sequence[Case], timeout: float, start_tim
                 probe.cleanup()
             except NoReply:
                 pass
-            run.results[case.id] = result
+            run.results[case.id] = _without(str(base), result)
             log.info("%s %s %s (%.2f s)%s", impl.name, case.id, result.outcome.value, result.duration_s,
                      f": {result.actual}" if result.outcome is not Outcome.OK else "")
     finally:
@@ -296,6 +296,13 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("interrupted: the results so far are written", file=sys.stderr)
         return 130
     return 1 if any(run.failed for run in runs) else 0
+
+
+def _without(temporary: str, result: CaseResult) -> CaseResult:
+    """``result`` with the run's temporary folder written TMP: its random path means nothing later."""
+    for field_name in ("expected", "actual", "note"):
+        setattr(result, field_name, getattr(result, field_name).replace(temporary, "TMP"))
+    return result
 
 
 def _as_typed(command: Sequence[str]) -> str:
