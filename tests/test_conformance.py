@@ -191,8 +191,8 @@ class BreachesCaughtTest(FakeServerTestCase):
                                      {"2.1.1": Outcome.NON_STRICT, "2.3.1": Outcome.NON_STRICT, "6.1.1": Outcome.OK})
         self.assertIn("one request per connection", results["2.1.1"].actual)
 
-    def test_a_server_that_never_answers_fails_every_case_in_bounded_time(self) -> None:
-        results = self.assert_caught("silent", "5.1.1,10.1.1", {"5.1.1": Outcome.FAILED, "10.1.1": Outcome.FAILED})
+    def test_a_server_that_never_answers_fails_in_bounded_time(self) -> None:
+        results = self.assert_caught("silent", "5.1.1", {"5.1.1": Outcome.FAILED})
         self.assertIn(f"no reply within {CASE_TIMEOUT:g} s", results["5.1.1"].actual)
 
     def test_a_reply_without_its_terminator(self) -> None:
