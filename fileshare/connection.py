@@ -79,8 +79,11 @@ class Connection:
         try:
             events, used = self.parser.feed_request(data)
         except ProtocolError as exc:
-            # The stream cannot be resynchronised: answer, then hang up.
+            # The stream cannot be resynchronised: answer, then hang up.  Whole requests that had
+            # arrived behind the bad one are not answered: they count as failed, as the bad one.
             self._discard_upload()
+            if exc.after:
+                self.ctx.counters.unanswered(exc.after)
             self._reply_error(str(exc))
             return None
         if used < len(data):

@@ -107,6 +107,10 @@ class IdleConnections:
         except OSError:                 # reset by the peer
             data = b""
         if not data:
+            if waiting.course_style is not None:
+                # End of input ends the request (``nc -N`` sends its line, then half-closes):
+                # served as sent, its reply still reaches the client.
+                return self._release(waiting)[0], waiting.course_style
             self._close(waiting, "went away")
             return None
         if waiting.feed(data, time.monotonic()):
@@ -143,10 +147,12 @@ class IdleConnections:
         return None
 
     def close_oldest(self) -> bool:
-        """Make room: close the connection that has waited longest. False if there is none."""
+        """Make room: close the connection that has waited longest between requests, one on
+        which no byte of a next request has arrived, read or not. False if there is none."""
         for waiting in self._by_arrival.values():
-            self._close(waiting, "closed to stay within --max-connections")
-            return True
+            if waiting.parser is None and not _has_unread_bytes(waiting.sock):
+                self._close(waiting, "closed to stay within --max-connections")
+                return True
         return False
 
     def close_idle(self) -> int:
@@ -210,6 +216,26 @@ class IdleConnections:
         else:
             log.debug("%s: closing an idle connection: %s", peer_name(waiting.sock), why)
         waiting.sock.close()
+
+
+def _has_unread_bytes(sock: socket.socket) -> bool:
+    """True if bytes wait in the kernel for the non-blocking ``sock`` (a request, unread yet)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:             # nothing yet (BlockingIOError), or reset: nothing to serve
+        return False
+
+
+def refuse(sock: socket.socket, counters: RequestCounters) -> None:
+    """Close a connection the server has no room for, counting what it had sent already as failed."""
+    sock.setblocking(False)
+    try:
+        received = sock.recv(READ_SIZE)
+    except OSError:
+        received = b""
+    if received:
+        counters.unanswered(received)
+    sock.close()
 
 
 def drain_wakeups(sock: socket.socket) -> None:

@@ -3,14 +3,19 @@ the workers' reading, each promise that once broke pinned by a test that failed 
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import selectors
+import signal
 import socket
 import threading
+import time
 import unittest
 from contextlib import ExitStack
 
-from tests.support import TERMINATOR, build
+from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply
+from tests.test_idle import IdleTestsMixin
+from tests.test_servers import OLD
 
 from fileshare.idle import STALE_DEADLINES_KEPT, IdleConnections
 from fileshare.state import RequestCounters
@@ -53,6 +58,88 @@ class DeadlineMemoryTests(unittest.TestCase):
             self.assertEqual(len(idle), 1)
             self.assertLessEqual(largest, STALE_DEADLINES_KEPT * (len(idle) + 2))
             kept.close()
+
+
+class ServerPromisesMixin:
+    """Both servers: what a client sends is answered or counted, whatever its timing."""
+
+    KIND = ""
+    # The idle tests' fixtures, without their tests.
+    setUp = IdleTestsMixin.setUp
+    start_server = IdleTestsMixin.start_server
+    put = IdleTestsMixin.put
+    crowd = IdleTestsMixin.crowd
+    stats = IdleTestsMixin.stats
+
+    def test_a_pause_inside_the_terminator_keeps_the_connection_in_step(self) -> None:
+        server = self.start_server(workers=2)
+        before = self.stats(server)
+        with server.connect() as c:
+            c.send(b"LIST\r\n")
+            self.assertEqual(decode_reply(c.recv_reply(5))["data"], ["keep"])   # served after the quiet
+            c.send(b"\r\n")                          # the rest of the terminator, late
+            self.assertEqual(c.command("LIST")["data"], ["keep"])
+            c.send(b"GET keep")
+            self.assertEqual(base64.b64decode(decode_reply(c.recv_reply(5))["data_file"]), OLD)
+            c.send(TERMINATOR)                          # a whole terminator, late
+            self.assertEqual(c.command("LIST")["data"], ["keep"], "a reply nobody asked for came first")
+        after = self.stats(server)
+        self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (4, 0))
+
+    def test_a_whole_request_then_a_half_close_is_answered(self) -> None:
+        server = self.start_server(workers=2)
+        before = self.stats(server)
+        for head in (b"LIST", b"GET keep\n", b"LIST\r\n\r"):
+            with self.subTest(head=head), server.connect() as c:
+                c.send(head)
+                c.sock.shutdown(socket.SHUT_WR)                 # what nc -N does
+                self.assertEqual(decode_reply(c.recv_reply(5))["status"], "OK")
+                self.assertTrue(c.wait_closed(5))
+        after = self.stats(server)
+        self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (3, 0))
+
+    def test_max_connections_never_closes_a_connection_uncounted(self) -> None:
+        """A burst of connections whose whole requests arrived before the loop read them: each
+        is answered, or closed and counted as failed (they were closed uncounted)."""
+        server = self.start_server(workers=2, extra_args=["--max-connections", "3"])
+        before = self.stats(server)
+        server.signal(signal.SIGSTOP)            # hold the loop: all six arrive in one burst
+        try:
+            clients = self.crowd(server, 6)
+            for client in clients:
+                client.send(build("LIST"))
+            time.sleep(0.2)                      # let them all arrive while the loop is held
+        finally:
+            server.signal(signal.SIGCONT)
+        answered = closed = 0
+        for client in clients:
+            try:
+                self.assertEqual(decode_reply(client.recv_reply(10))["status"], "OK")
+                answered += 1
+            except (ConnectionClosedEarly, ConnectionResetError):
+                closed += 1
+        self.assertGreater(answered, 0)
+        after = self.stats(server)
+        self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]),
+                         (answered, closed))
+
+    def test_requests_behind_a_bad_request_are_counted(self) -> None:
+        server = self.start_server(workers=2)
+        before = self.stats(server)
+        with server.connect() as c:
+            c.send(b"GET \xff\xfe" + TERMINATOR + build("LIST") + build("LIST"))
+            self.assertEqual(decode_reply(c.recv_reply(5))["status"], "ERROR")
+            self.assertTrue(c.wait_closed(5))
+        after = self.stats(server)
+        self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (0, 3))
+
+
+class ThreadServerPromisesTests(ServerPromisesMixin, unittest.TestCase):
+    KIND = "thread"
+
+
+class ProcessServerPromisesTests(ServerPromisesMixin, unittest.TestCase):
+    KIND = "process"
 
 
 if __name__ == "__main__":
