@@ -12,11 +12,14 @@ import threading
 import time
 import unittest
 from contextlib import ExitStack
+from unittest import mock
 
-from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply
+from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply, wait_until
 from tests.test_idle import IdleTestsMixin
 from tests.test_servers import OLD
 
+from fileshare import handoff
+from fileshare.handoff import HandoffServer
 from fileshare.idle import STALE_DEADLINES_KEPT, IdleConnections
 from fileshare.state import RequestCounters
 
@@ -58,6 +61,65 @@ class DeadlineMemoryTests(unittest.TestCase):
             self.assertEqual(len(idle), 1)
             self.assertLessEqual(largest, STALE_DEADLINES_KEPT * (len(idle) + 2))
             kept.close()
+
+
+class HandoffRaceTests(unittest.TestCase):
+    """A worker dies while the parent sends it a connection; the pool settles the request at that
+    very moment.  The client must get its connection closed, and the request counted once."""
+
+    def setUp(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(self.listener.close)
+        self.handoff = HandoffServer(lambda conn, beyond: conn.close())
+        self.addCleanup(self.handoff.close)
+        self.handoff.start()
+
+    def settle_during_the_send(self, send_fails: bool) -> tuple[list, socket.socket]:
+        """Claim a connection as a worker would, while withdraw() runs in the middle of the send."""
+        served, client = tcp_pair(self.listener)
+        self.addCleanup(client.close)
+        token = self.handoff.offer(served, build("LIST"))
+        withdrawn: list = []
+        real_send = handoff._send_message
+
+        def send(channel, kind, payload, fd=None):
+            if kind == handoff.FOUND:
+                settling = threading.Thread(target=lambda: withdrawn.append(self.handoff.withdraw(token)))
+                settling.start()
+                settling.join(0.5)      # long enough for a withdraw() that does not wait to finish
+                if send_fails:
+                    raise BrokenPipeError("the worker died")
+            return real_send(channel, kind, payload, fd)
+
+        with mock.patch.object(handoff, "_send_message", send):
+            try:
+                claimed = handoff.claim(self.handoff.path, token)
+            except ConnectionError:     # the parent's send failed: it closed the channel
+                claimed = None
+        if claimed is not None:
+            claimed[0].close()          # the worker dies with its copy
+        self.assertTrue(wait_until(lambda: withdrawn, 20), "withdraw() never returned")
+        return withdrawn, client
+
+    def assert_closed(self, client: socket.socket) -> None:
+        client.settimeout(10)
+        try:
+            self.assertEqual(client.recv(1), b"", "the client got bytes instead of the end")
+        except ConnectionResetError:
+            pass
+        except socket.timeout:
+            self.fail("the connection was parked: the client waits for ever")
+
+    def test_a_send_that_fails_while_the_request_is_settled(self) -> None:
+        withdrawn, client = self.settle_during_the_send(send_fails=True)
+        self.assertEqual(withdrawn, [build("LIST")], "the unserved request must be counted by the caller")
+        self.assert_closed(client)
+
+    def test_a_send_that_succeeds_while_the_request_is_settled(self) -> None:
+        withdrawn, client = self.settle_during_the_send(send_fails=False)
+        self.assertEqual(withdrawn, [None], "a worker collected it: the worker counts it")
+        self.assertEqual(self.handoff.claimed_count(), 0)
+        self.assert_closed(client)
 
 
 class ServerPromisesMixin:
