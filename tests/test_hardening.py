@@ -14,11 +14,12 @@ import unittest
 from contextlib import ExitStack
 from unittest import mock
 
-from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply, wait_until
+from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply, trickle_until_closed, wait_until
 from tests.test_idle import IdleTestsMixin
 from tests.test_servers import OLD
 
 from fileshare import handoff
+from fileshare.connection import MinimumRate
 from fileshare.handoff import HandoffServer
 from fileshare.idle import STALE_DEADLINES_KEPT, IdleConnections
 from fileshare.state import RequestCounters
@@ -61,6 +62,19 @@ class DeadlineMemoryTests(unittest.TestCase):
             self.assertEqual(len(idle), 1)
             self.assertLessEqual(largest, STALE_DEADLINES_KEPT * (len(idle) + 2))
             kept.close()
+
+
+class MinimumRateTests(unittest.TestCase):
+    def test_each_window_is_judged_when_it_ends(self) -> None:
+        pace = MinimumRate(rate=100, window=2, now=0)
+        self.assertEqual(pace.seconds_left(0.5), 1.5)
+        self.assertTrue(pace.received_bytes(150, 1.0))     # not judged before its end
+        self.assertTrue(pace.received_bytes(50, 2.0))      # 200 in 2 s: enough, a new window
+        self.assertEqual(pace.seconds_left(2.0), 2)
+        self.assertTrue(pace.received_bytes(0, 3.9))
+        self.assertFalse(pace.received_bytes(0, 4.0))      # nothing in the second window
+        trickle = MinimumRate(rate=100, window=2, now=0)
+        self.assertFalse(all(trickle.received_bytes(1, t / 10) for t in range(1, 30)))
 
 
 class HandoffRaceTests(unittest.TestCase):
@@ -194,6 +208,29 @@ class ServerPromisesMixin:
             self.assertTrue(c.wait_closed(5))
         after = self.stats(server)
         self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (0, 3))
+
+
+    def test_slow_uploads_do_not_take_every_worker(self) -> None:
+        """Two uploads trickling one base64 character at a time, two workers: a third client is
+        still answered, once the trickles fall below the minimum rate (issue 23 item 4)."""
+        server = self.start_server(workers=2, extra_args=["--timeout", "1"])
+        before = self.stats(server)
+        slow = self.crowd(server, 2)
+        for client in slow:
+            client.send(b"UPLOAD slow ")
+        # Bounded: 100 characters 0.2 s apart, far longer than the LIST below waits.
+        trickles = [threading.Thread(target=trickle_until_closed, args=(client, b"QUFB" * 25, 0.2), daemon=True)
+                    for client in slow]
+        for trickle in trickles:
+            trickle.start()
+        with server.connect() as third:
+            self.assertEqual(third.command("LIST", timeout=10)["data"], ["keep"])
+        for trickle in trickles:
+            trickle.join(30)
+            self.assertFalse(trickle.is_alive(), "a trickling upload was never cut")
+        self.assertFalse((self.root / "slow").exists())
+        after = self.stats(server)
+        self.assertEqual(after["failed"] - before["failed"], 2)
 
 
 class ThreadServerPromisesTests(ServerPromisesMixin, unittest.TestCase):
