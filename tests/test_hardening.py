@@ -136,6 +136,36 @@ class HandoffRaceTests(unittest.TestCase):
         self.assert_closed(client)
 
 
+class HandBackOrderTests(unittest.TestCase):
+    def test_a_worker_is_released_only_once_the_loop_has_its_connection(self) -> None:
+        """The server counts a connection as in flight until the worker's task ends, which is
+        when give_back() returns: acknowledged before the loop has it, the connection would be
+        counted nowhere for --max-connections.  Pin the order."""
+        in_loop = threading.Event()
+        let_go = threading.Event()
+
+        def given_back(conn: socket.socket, beyond: bytes) -> None:
+            in_loop.set()
+            let_go.wait(10)
+            conn.close()
+
+        server = HandoffServer(given_back)
+        self.addCleanup(server.close)
+        server.start()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            served, client = tcp_pair(listener)
+        self.addCleanup(client.close)
+        worker = threading.Thread(target=handoff.give_back, args=(server.path, served, b""), daemon=True)
+        worker.start()
+        self.assertTrue(in_loop.wait(10), "the connection never reached the loop")
+        worker.join(0.5)            # long enough for an acknowledgement sent too early to arrive
+        still_waiting = worker.is_alive()
+        let_go.set()
+        worker.join(10)
+        self.assertTrue(still_waiting, "the worker was acknowledged before the loop had the connection")
+        self.assertFalse(worker.is_alive())
+
+
 class ServerPromisesMixin:
     """Both servers: what a client sends is answered or counted, whatever its timing."""
 
