@@ -125,7 +125,8 @@ class HandoffRaceTests(unittest.TestCase):
             self.fail("the connection was parked: the client waits for ever")
 
     def test_a_send_that_fails_while_the_request_is_settled(self) -> None:
-        withdrawn, client = self.settle_during_the_send(send_fails=True)
+        with self.assertLogs("fileserver.handoff", "WARNING"):
+            withdrawn, client = self.settle_during_the_send(send_fails=True)
         self.assertEqual(withdrawn, [build("LIST")], "the unserved request must be counted by the caller")
         self.assert_closed(client)
 
