@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from . import protocol
@@ -24,6 +25,39 @@ from .store import FileError, PendingUpload, delete_file, list_names, open_for_g
 from .streaming import ReceiveBuffer, iter_encoded, peer_name, receive_size
 
 log = logging.getLogger("fileserver")
+
+
+# An upload's content must bring at least this many bytes a second, on average over each
+# --timeout: a client trickling it would otherwise hold a worker for as long as it likes.
+MIN_UPLOAD_BYTES_PER_SECOND = 16 * 1024
+
+
+class MinimumRate:
+    """Sans-IO pace check: at least ``rate`` bytes a second over each window of ``window`` s.
+
+    Each window is judged when it ends; an upload that ends within its window is never
+    judged.  A window whose bytes were all there (however early) starts the next.
+    """
+
+    def __init__(self, rate: float, window: float, now: float) -> None:
+        self.needed = rate * window
+        self.window = window
+        self.window_end = now + window
+        self.received = 0
+
+    def seconds_left(self, now: float) -> float:
+        """How long the next receive may wait before the window must be judged."""
+        return max(self.window_end - now, 0.001)
+
+    def received_bytes(self, count: int, now: float) -> bool:
+        """Note ``count`` bytes received at ``now`` (0 when a wait ran out); False once too slow."""
+        self.received += count
+        if now < self.window_end:
+            return True
+        if self.received < self.needed:
+            return False
+        self.window_end, self.received = now + self.window, 0
+        return True
 
 
 class ConnectionClosed(Exception):
@@ -40,6 +74,7 @@ class Connection:
         self.upload: PendingUpload | _RejectedUpload | None = None
         self.received = ReceiveBuffer()
         self.replying = False             # some of the current request's reply has been sent
+        self.upload_pace: MinimumRate | None = None
         self.beyond = b""          # bytes read after this request: the next ones, pipelined
         sock.settimeout(ctx.timeout)
         self.peer = peer_name(sock)       # now: a peer that resets cannot be named afterwards
@@ -79,8 +114,11 @@ class Connection:
         try:
             events, used = self.parser.feed_request(data)
         except ProtocolError as exc:
-            # The stream cannot be resynchronised: answer, then hang up.
+            # The stream cannot be resynchronised: answer, then hang up.  Whole requests that had
+            # arrived behind the bad one are not answered: they count as failed, as the bad one.
             self._discard_upload()
+            if exc.after:
+                self.ctx.counters.unanswered(exc.after)
             self._reply_error(str(exc))
             return None
         if used < len(data):
@@ -93,12 +131,35 @@ class Connection:
     # ------------------------------------------------------------------ reading
 
     def _receive(self, size: int) -> bytearray:
+        if self.upload is not None:
+            return self._receive_upload(size)
         try:
             return self.received.receive(self.sock, size)
         except socket.timeout:
             raise TimeoutError(f"no data for {self.ctx.timeout:g} s") from None
         except ConnectionResetError:
             raise ConnectionClosed from None
+
+    def _receive_upload(self, size: int) -> bytearray:
+        """Receive a piece of an upload's content, which must keep MIN_UPLOAD_BYTES_PER_SECOND."""
+        pace = self.upload_pace
+        if pace is None:
+            pace = self.upload_pace = MinimumRate(MIN_UPLOAD_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
+        while True:
+            self.sock.settimeout(pace.seconds_left(time.monotonic()))
+            try:
+                data = self.received.receive(self.sock, size)
+            except socket.timeout:
+                data = None
+            except ConnectionResetError:
+                raise ConnectionClosed from None
+            finally:
+                self.sock.settimeout(self.ctx.timeout)      # for the reply's sends
+            if not pace.received_bytes(len(data) if data else 0, time.monotonic()):
+                raise TimeoutError(f"upload slower than {MIN_UPLOAD_BYTES_PER_SECOND} bytes/s "
+                                   f"over {self.ctx.timeout:g} s")
+            if data is not None:
+                return data
 
     # ------------------------------------------------------------------ dispatch
 

@@ -39,6 +39,8 @@ CLAIM, GIVE_BACK = b"C", b"R"        # what a worker asks: a connection by token
 FOUND, GONE = b"\x01", b"\x00"       # the parent's answer to a claim
 TAKEN = b"T"                          # the parent's answer to a return: the loop has it
 _HEADER = struct.Struct("!cI")
+CHANNEL_SECONDS = 10.0                # the most one message on the channel may take
+TRANSIT_SECONDS = CHANNEL_SECONDS + 5.0   # the most withdraw() waits for a socket on its way
 
 
 def _remove_stale_folders() -> None:
@@ -70,7 +72,12 @@ class HandoffServer:
         # Our copy of each connection a worker collected, kept until its task is settled: a stop
         # can then cut the worker's transfer (shutdown), and the worker counts the outcome itself.
         self._claimed: dict[bytes, socket.socket] = {}
+        # Tokens whose socket is on its way to a worker: neither pending nor claimed until the
+        # send ends, so withdraw() waits for that, or it would find nothing and leave the socket
+        # to be parked for good in whichever set it then lands in.
+        self._in_transit: set[bytes] = set()
         self._lock = threading.Lock()
+        self._transit_over = threading.Condition(self._lock)
         self._closed = False
         self._cutting = False
         self._thread = threading.Thread(target=self._serve, name="handoff", daemon=True)
@@ -114,6 +121,7 @@ class HandoffServer:
         ``last_words`` if it will take them at once; return the bytes read from it, None if a
         worker had claimed it."""
         with self._lock:
+            self._transit_over.wait_for(lambda: token not in self._in_transit, TRANSIT_SECONDS)
             kept = self._pending.pop(token, None)
             ours = self._claimed.pop(token, None)
         if ours is not None:
@@ -143,7 +151,7 @@ class HandoffServer:
                     log.warning("a worker failed to collect or return a connection: %s", exc)
 
     def _answer(self, channel: socket.socket) -> None:
-        channel.settimeout(10)
+        channel.settimeout(CHANNEL_SECONDS)
         kind, payload, fds = _receive_message(channel)
         if kind == GIVE_BACK and len(fds) == 1:
             conn = socket.socket(fileno=fds[0])
@@ -161,6 +169,8 @@ class HandoffServer:
             raise ConnectionError(f"unexpected handoff message {kind!r}")
         with self._lock:
             kept = None if self._cutting else self._pending.pop(payload, None)
+            if kept is not None:
+                self._in_transit.add(payload)
         if kept is None:
             _send_message(channel, GONE, b"")
             return
@@ -169,6 +179,7 @@ class HandoffServer:
             _send_message(channel, FOUND, head, conn.fileno())
         except OSError:
             with self._lock:        # the worker is gone: the connection waits for another
+                self._end_transit(payload)
                 if not self._closed:
                     self._pending[payload] = kept
                     kept = None
@@ -176,10 +187,16 @@ class HandoffServer:
                 conn.close()
             raise
         with self._lock:
+            self._end_transit(payload)
             if not self._closed:
                 self._claimed[payload] = conn
                 return
         conn.close()
+
+    def _end_transit(self, token: bytes) -> None:
+        """Called with the lock held."""
+        self._in_transit.discard(token)
+        self._transit_over.notify_all()
 
     def close(self) -> list[bytes]:
         """Stop; return what had been read from each connection no worker claimed."""
@@ -199,7 +216,7 @@ class HandoffServer:
 def claim(path: str, token: bytes) -> tuple[socket.socket, bytes] | None:
     """Worker side: collect the socket kept under ``token`` and the bytes read from it; None if it is gone."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
-        channel.settimeout(10)
+        channel.settimeout(CHANNEL_SECONDS)
         channel.connect(path)
         _send_message(channel, CLAIM, token)
         kind, head, fds = _receive_message(channel)
@@ -214,7 +231,7 @@ def give_back(path: str, conn: socket.socket, beyond: bytes) -> None:
     """Worker side: return ``conn`` to the parent with the bytes read beyond its request, and close
     this copy.  Raises OSError if the parent is not listening any more (the connection is then closed)."""
     with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
-        channel.settimeout(10)
+        channel.settimeout(CHANNEL_SECONDS)
         channel.connect(path)
         _send_message(channel, GIVE_BACK, beyond, conn.fileno())
         _receive_message(channel)           # TAKEN, or the channel closed by a stopping parent

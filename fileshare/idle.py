@@ -30,6 +30,7 @@ log = logging.getLogger("fileserver")
 
 READ_SIZE = 64 * 1024       # one non-blocking read of a head; more waits in the kernel
 QUIET_SECONDS = 0.5         # silence after which an unterminated LIST/GET/... is served as sent
+STALE_DEADLINES_KEPT = 4    # the deadline heap may grow to this many entries per open connection
 
 
 class Waiting:
@@ -106,6 +107,10 @@ class IdleConnections:
         except OSError:                 # reset by the peer
             data = b""
         if not data:
+            if waiting.course_style is not None:
+                # End of input ends the request (``nc -N`` sends its line, then half-closes):
+                # served as sent, its reply still reaches the client.
+                return self._release(waiting)[0], waiting.course_style
             self._close(waiting, "went away")
             return None
         if waiting.feed(data, time.monotonic()):
@@ -142,10 +147,12 @@ class IdleConnections:
         return None
 
     def close_oldest(self) -> bool:
-        """Make room: close the connection that has waited longest. False if there is none."""
+        """Make room: close the connection that has waited longest between requests, one on
+        which no byte of a next request has arrived, read or not. False if there is none."""
         for waiting in self._by_arrival.values():
-            self._close(waiting, "closed to stay within --max-connections")
-            return True
+            if waiting.parser is None and not _has_unread_bytes(waiting.sock):
+                self._close(waiting, "closed to stay within --max-connections")
+                return True
         return False
 
     def close_idle(self) -> int:
@@ -166,6 +173,11 @@ class IdleConnections:
         back, waiting for its next request)."""
         return check_at == waiting.check_at and self._by_arrival.get(waiting.sock) is waiting
 
+    @property
+    def deadline_entries(self) -> int:
+        """Deadlines kept, stale ones included: bounded by the open connections."""
+        return len(self._deadlines)
+
     def _schedule(self, waiting: Waiting) -> None:
         if waiting.parser is None:
             check_at = waiting.since + self._timeout
@@ -176,12 +188,24 @@ class IdleConnections:
         if check_at != waiting.check_at:
             waiting.check_at = check_at
             heapq.heappush(self._deadlines, (check_at, next(self._order), waiting))
+            if len(self._deadlines) > STALE_DEADLINES_KEPT * (len(self._by_arrival) + 1):
+                self._drop_stale_deadlines()
+
+    def _drop_stale_deadlines(self) -> None:
+        """Keep only current deadlines.  Stale ones (a request released, a deadline moved) leave
+        the heap's top only once every earlier deadline has passed, and one live connection's
+        deadline can be up to --timeout away: without this, every request served meanwhile would
+        stay here with its Waiting.  Rebuilding when the heap is a few times larger than the open
+        connections keeps memory bounded by them, at a cost that spreads over the pushes."""
+        self._deadlines = [entry for entry in self._deadlines if self._current(entry[0], entry[2])]
+        heapq.heapify(self._deadlines)
 
     def _release(self, waiting: Waiting) -> tuple[socket.socket, bytes]:
         """Stop watching the connection: it goes to a worker."""
         self._selector.unregister(waiting.sock)
         del self._by_arrival[waiting.sock]
-        return waiting.sock, bytes(waiting.head)
+        head, waiting.head = bytes(waiting.head), bytearray()   # a stale deadline may outlive it
+        return waiting.sock, head
 
     def _close(self, waiting: Waiting, why: str) -> None:
         self._selector.unregister(waiting.sock)
@@ -192,6 +216,26 @@ class IdleConnections:
         else:
             log.debug("%s: closing an idle connection: %s", peer_name(waiting.sock), why)
         waiting.sock.close()
+
+
+def _has_unread_bytes(sock: socket.socket) -> bool:
+    """True if bytes wait in the kernel for the non-blocking ``sock`` (a request, unread yet)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:             # nothing yet (BlockingIOError), or reset: nothing to serve
+        return False
+
+
+def refuse(sock: socket.socket, counters: RequestCounters) -> None:
+    """Close a connection the server has no room for, counting what it had sent already as failed."""
+    sock.setblocking(False)
+    try:
+        received = sock.recv(READ_SIZE)
+    except OSError:
+        received = b""
+    if received:
+        counters.unanswered(received)
+    sock.close()
 
 
 def drain_wakeups(sock: socket.socket) -> None:

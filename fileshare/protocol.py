@@ -36,7 +36,16 @@ TEMP_SUFFIX = ".part"
 
 
 class ProtocolError(ValueError):
-    """A message broke the protocol; ``str(error)`` says how, for a person."""
+    """A message broke the protocol; ``str(error)`` says how, for a person.
+
+    ``after`` holds the bytes received after the broken request when its end is known
+    (a whole head that is not UTF-8): the requests in them can still be told apart and
+    counted.  None when the stream cannot be split any more.
+    """
+
+    def __init__(self, message: str, after: "bytes | None" = None) -> None:
+        super().__init__(message)
+        self.after = after
 
 
 # --------------------------------------------------------------------------- names
@@ -248,11 +257,19 @@ class RequestParser:
         return events, pos
 
     def _feed_head(self, data: Union[bytes, bytearray], pos: int, events: list[RequestEvent]) -> int:
+        if not self._head:
+            # Blank lines between requests are skipped, as HTTP servers do: they are what is left
+            # of a terminator sent after a pause (a person at telnet), after its request was
+            # already served as sent, and never a request of their own.
+            while data[pos] in _LINE_BREAKS:
+                pos += 1
+                if pos == len(data):
+                    return pos
         if not self._head and data[pos:pos + 7].upper() != b"UPLOAD ":
             # A whole small request in what was received: cut it out without buffering.
             end = data.find(TERMINATOR, pos, pos + self.max_request + len(TERMINATOR))
             if end >= 0:
-                events.append(self._request(bytes(data[pos:end])))
+                events.append(self._request(bytes(data[pos:end]), data, end + len(TERMINATOR)))
                 return end + len(TERMINATOR)
         room = self.max_request + len(TERMINATOR) - len(self._head)
         take = min(len(data) - pos, room)
@@ -273,8 +290,9 @@ class RequestParser:
         if end >= 0:
             line = bytes(self._head[:end])
             leftover = len(self._head) - end - len(TERMINATOR)
+            rest = bytes(self._head[end + len(TERMINATOR):]) + bytes(data[pos:]) if leftover or pos < len(data) else b""
             self._reset_head()
-            events.append(self._request(line))
+            events.append(self._request(line, rest, 0))
             return pos - leftover
         self._scanned = len(self._head)
         return pos
@@ -293,11 +311,17 @@ class RequestParser:
         self._scanned = 0
 
     @staticmethod
-    def _request(line: bytes) -> Request:
-        text = _decode_text(line)
+    def _request(line: bytes, received: Union[bytes, bytearray], after_at: int) -> Request:
+        """The request ``line`` holds; what ``received`` holds from ``after_at`` on goes with its error."""
+        try:
+            text = _decode_text(line)
+        except ProtocolError as exc:
+            raise ProtocolError(str(exc), after=bytes(received[after_at:])) from None
         command, _, argument = text.partition(" ")
         return Request(command.upper(), argument)
 
+
+_LINE_BREAKS = b"\r\n"
 
 # The longest request a course-style client could send unterminated: "DELETE " and a name.
 _MAX_UNTERMINATED = len("DELETE ") + MAX_NAME_BYTES + 2
@@ -337,8 +361,8 @@ def requests_begun(data: Union[bytes, bytearray]) -> int:
         for event in parser.feed(data):
             if isinstance(event, UploadEnd) or (isinstance(event, Request) and event.command != "STATS"):
                 count += 1
-    except ProtocolError:
-        return count + 1
+    except ProtocolError as exc:
+        return count + 1 + (requests_begun(exc.after) if exc.after else 0)
     return count if parser.idle or parser.partial_stats() else count + 1
 
 

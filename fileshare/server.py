@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from .cli import grace_seconds, port_number, positive_int, size_mib, timeout_seconds
-from .idle import HandBacks, IdleConnections, drain_wakeups
+from .idle import HandBacks, IdleConnections, drain_wakeups, refuse
 from .protocol import GET_REPLY_KEYS
 from .state import RequestCounters, ServerContext
 from .store import remove_temp_files
@@ -294,7 +294,7 @@ class _Loop:
             if open_now >= self.max_connections and not self.idle.close_oldest():
                 log.warning("--max-connections %d reached with every connection busy: closing a new one",
                             self.max_connections)
-                conn.close()
+                refuse(conn, self.ctx.counters)
                 continue
             self._dispatch(self.idle.add(conn))
 

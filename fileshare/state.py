@@ -31,22 +31,26 @@ class RequestCounters:
     """
 
     SUCCEEDED, FAILED, CONNECTIONS = range(3)
+    lock_timeout = LOCK_TIMEOUT_SECONDS
 
     def __init__(self, mp_context: Any = None) -> None:
         ctx = mp_context or multiprocessing.get_context()
         self._values = ctx.Array("q", 3, lock=True)
+        # Read and written only through this raw view: indexing the synchronized array takes
+        # its lock again, with no timeout, which would undo the fallback in _locked().
+        self._raw = self._values.get_obj()
 
     def _change(self, *changes: tuple[int, int]) -> None:
         with self._locked():
             for index, amount in changes:
-                self._values[index] += amount
+                self._raw[index] += amount
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         # A worker killed inside this tiny critical section would leave the lock held
         # for good; a count then goes unlocked rather than hanging every process.
         lock = self._values.get_lock()
-        held = lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+        held = lock.acquire(timeout=self.lock_timeout)
         if not held:
             log.error("request counters' lock is stuck (a worker died holding it?); counting without it")
         try:
@@ -76,7 +80,7 @@ class RequestCounters:
 
     def snapshot(self) -> dict[str, int]:
         with self._locked():
-            succeeded, failed, connections = self._values[:]
+            succeeded, failed, connections = self._raw[:]
         return {"succeeded": succeeded, "failed": failed, "connections": connections}
 
 

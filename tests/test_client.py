@@ -505,6 +505,30 @@ class ClientErrorKindsTest(unittest.TestCase):
     def assertNothingLeft(self) -> None:
         self.assertEqual(os.listdir(self.local), [], "a file or .part was left at the destination")
 
+    def test_a_kept_connection_closed_in_the_middle_of_a_get_is_not_retried(self) -> None:
+        """Only a kept connection closed before any reply byte is retried: one closed after half
+        a GET reply must be a reset, or the GET is sent again and two replies are joined into a
+        wrong file (issue 23)."""
+        content = base64.b64encode(b"x" * 30_000)
+        gets: list[bytes] = []
+
+        def handler(conn: socket.socket, fake: FakeServer) -> None:
+            buffer = bytearray()
+            while (request := read_request(conn, buffer)) is not None:
+                if request == b"LIST":
+                    conn.sendall(json.dumps({"status": "OK", "data": ["a.bin"]}).encode() + TERMINATOR)
+                    continue
+                gets.append(request)
+                conn.sendall(b'{"status": "OK", "data_namafile": "a.bin", "data_file": "'
+                             + content[:len(content) // 2])
+                return                  # closed after half the reply
+
+        client = self.client(self.fake(handler).port)
+        self.assertEqual(client.list(), ["a.bin"])
+        self.assertKind("reset", lambda: client.get("a.bin", os.path.join(self.local, "a.bin")))
+        self.assertEqual(gets, [b"GET a.bin"], "the GET was sent again")
+        self.assertNothingLeft()
+
     def test_refused_when_nothing_listens(self) -> None:
         port = free_port()
         client = self.client(port)

@@ -156,6 +156,13 @@ class ReplyParserStrictnessTest(unittest.TestCase):
         with self.assertRaises(ProtocolError):
             ReplyParser(max_value=2000, max_total=4_000).feed(reply)       # each under, all over
 
+    def test_the_bound_on_kept_data_counts_keys_too(self) -> None:
+        fields = b", ".join(b'"%s": 1' % (b"k%04d" % i * 200) for i in range(5))   # 5 kB of keys
+        reply = b'{"status": "OK", ' + fields + b"}" + TERMINATOR
+        ReplyParser(max_value=2000, max_total=10_000).feed(reply)
+        with self.assertRaises(ProtocolError):
+            ReplyParser(max_value=2000, max_total=4_000).feed(reply)
+
 
 # ---------------------------------------------------------------------- both servers
 

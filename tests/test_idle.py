@@ -230,7 +230,7 @@ class IdleTestsMixin:
         server.signal(signal.SIGSTOP)            # hold the loop so both events land in one select()
         try:
             newcomer = self.crowd(server, 1)[0]  # the listener is readable first...
-            oldest.send(build("LIST"))           # ...then the oldest connection
+            oldest.sock.shutdown(socket.SHUT_WR)  # ...then the oldest connection (a request would spare it)
             time.sleep(0.2)                      # let both events arrive while the loop is held
         finally:
             server.signal(signal.SIGCONT)

@@ -7,6 +7,8 @@ upward, or into a top-level script, fails here by name.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import unittest
 from pathlib import Path
 
@@ -88,3 +90,19 @@ class LayoutTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PlatformTests(unittest.TestCase):
+    def test_every_script_stops_with_one_line_on_another_platform(self) -> None:
+        scripts = sorted(REPO.glob("*.py")) + sorted((REPO / "bench").glob("*.py"))
+        for script in scripts:
+            with self.subTest(script=script.name):
+                pretend = ("import runpy, sys; sys.platform = 'darwin'; sys.argv = [sys.argv[1], '--help']; "
+                           "runpy.run_path(sys.argv[0], run_name='__main__')")
+                done = subprocess.run([sys.executable, "-c", pretend, str(script)], cwd=REPO,
+                                      capture_output=True, text=True, timeout=60)
+                self.assertEqual(done.returncode, 1, done.stderr)
+                self.assertEqual(done.stdout, "")
+                self.assertEqual(done.stderr.splitlines(), [
+                    "error: this toolkit runs on Linux only (it relies on SCM_RIGHTS, /proc, fork and sendfile); "
+                    "this is darwin"])

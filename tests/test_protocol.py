@@ -16,7 +16,7 @@ from fileshare.protocol import (
     GET_REPLY_SUFFIX, MAX_NAME_BYTES, MAX_REQUEST_BYTES, RAW_CHUNK, TERMINATOR,
     ProtocolError, Request, RequestParser, StrictBase64Decoder, UploadData, UploadEnd, UploadStart,
     build_reply, build_request, encode_chunk, encoded_size, error_reply, get_reply_prefix,
-    is_temp_name, ok_reply, upload_prefix, validate_name,
+    is_temp_name, ok_reply, requests_begun, upload_prefix, validate_name,
 )
 from fileshare.replies import (
     CONTENT_KEYS, ContentData, ContentEnd, ContentStart, ReplyEnd, ReplyField, ReplyParser, parse_reply,
@@ -538,10 +538,39 @@ class RequestParserTests(SplitAssertions, unittest.TestCase):
         self.assertRejectedEverySplit(data, run_requests(max_request), random_splits=10)
 
     def test_command_is_upper_cased_and_argument_kept_verbatim(self):
-        _, events = feed_requests([b"gEt  two  spaces \r\n\r\n", b"\r\n\r\n", b"STATS\r\n\r\n"])
+        _, events = feed_requests([b"gEt  two  spaces \r\n\r\n", b" \r\n\r\n", b"STATS\r\n\r\n"])
         self.assertEqual(events, [("request", "GET", " two  spaces "),
                                   ("request", "", ""),
                                   ("request", "STATS", "")])
+
+    def test_blank_lines_between_requests_are_skipped(self):
+        """What is left of a terminator sent after a pause, once its request was served as sent
+        (issue 23): never a request of its own, nor the start of the next one."""
+        data = b"\r\n\r\n" + b"LIST\r\n\r\n" + b"\r\n" + b"GET a\r\n\r\n" + b"\n\r\n"
+        for split in range(len(data) + 1):
+            with self.subTest(split=split):
+                _, events = feed_requests([data[:split], data[split:]])
+                self.assertEqual(events, [("request", "LIST", ""), ("request", "GET", "a")])
+        parser = RequestParser()
+        self.assertEqual(parser.feed(b"\r\n\r\n\r"), [])
+        self.assertTrue(parser.idle, "blank lines are no request begun")
+        self.assertEqual(requests_begun(b"\r\n\r\n"), 0)
+
+    def test_requests_after_a_head_that_is_not_utf8_are_counted(self):
+        """Bytes after a protocol error count as a request; whole requests after a bad head
+        whose end is known count one each (issue 23)."""
+        bad = b"GET \xff\xfe\r\n\r\n"
+        self.assertEqual(requests_begun(bad + b"LIST\r\n\r\nLIST\r\n\r\n"), 3)
+        self.assertEqual(requests_begun(bad + b"LIST\r\n\r\nLI"), 3)
+        self.assertEqual(requests_begun(bad), 1)
+        for split in range(1, len(bad) + 4):        # the bad head buffered across receives too
+            with self.subTest(split=split):
+                data = bad + b"LIST\r\n\r\n"
+                parser = RequestParser()
+                with self.assertRaises(ProtocolError) as caught:
+                    parser.feed(data[:split])
+                    parser.feed(data[split:])
+                self.assertEqual(caught.exception.after, data[len(bad):] if split < len(bad) else data[len(bad):split])
 
     def test_request_over_limit_without_terminator(self):
         with self.assertRaises(ProtocolError):

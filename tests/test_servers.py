@@ -378,7 +378,7 @@ class ServerTestsMixin:
                      "dirlink", "fifo", "missing"]
         cases: list[tuple[str, bytes]] = [
             ("unknown command", build("FROB", "x")),
-            ("empty request", TERMINATOR),
+            ("unknown command after blank lines", TERMINATOR + b"\r\n" + build("FROB")),
             ("blank request", build("   ")),
             ("GET without a name", build("GET")),
             ("DELETE without a name", build("DELETE")),
