@@ -202,6 +202,12 @@ class Client:
         self.close()
 
 
+def sigint_as_at_a_terminal() -> None:
+    """preexec_fn for a child a test will interrupt: a suite started as a background job
+    (`cmd &` in a script) runs with SIGINT ignored, which every child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def trickle_until_closed(client: Client, data: bytes, pause: float) -> bool:
     """Send ``data`` a byte at a time, ``pause`` s apart; True once the server has closed the
     connection (bounded: ``len(data)`` bytes)."""

@@ -21,6 +21,10 @@ sys.path.insert(0, str(REPO))
 
 from fileshare.harness import cmdline, descendants, process_alive as alive  # noqa: E402
 from run_experiment import CSV_COLUMNS, NARROWED_OUTPUT  # noqa: E402
+try:
+    from .support import sigint_as_at_a_terminal
+except ImportError:                     # run as a script from tests/
+    from support import sigint_as_at_a_terminal
 
 SCRIPT = str(REPO / "run_experiment.py")
 
@@ -50,7 +54,7 @@ class ExperimentTest(unittest.TestCase):
     def start_sweep(self, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, SCRIPT, "--output", str(self.output), "--repeat", "1", *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(self.tmp),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=sigint_as_at_a_terminal)
 
         def cleanup() -> None:
             if proc.poll() is None:

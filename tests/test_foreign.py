@@ -25,6 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+try:
+    from .support import sigint_as_at_a_terminal
+except ImportError:                     # run as a script from tests/
+    from support import sigint_as_at_a_terminal
 from fileshare.client import ClientError, FileClient  # noqa: E402
 from fileshare.harness import (ForeignServer, ServerProcess, ServerStartError, cmdline,  # noqa: E402
                                descendants, free_port, port_accepts, process_alive, process_group_pids)
@@ -329,7 +333,7 @@ class ExperimentWithForeignTest(ForeignTestCase):
                                  "--server-command", f"mini=python {self.script.name} --announce --stubborn-child",
                                  "--sizes", "0.25,0.5,1,2", "--client-workers", "1,2", "--repeat", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(self.tmp),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=sigint_as_at_a_terminal)
         self.addCleanup(lambda: proc.poll() is None and (os.killpg(proc.pid, signal.SIGKILL), proc.wait(10)))
         seen: set[int] = set()
         deadline = time.monotonic() + 60
