@@ -54,6 +54,7 @@ REQUIREMENTS: dict[str, tuple[str, str]] = {
     "6.1": ("MUST", "GET of a present file answers OK with the base64 of its exact bytes"),
     "6.2": ("SHOULD", "a GET reply carries the content under data_file and the name under data_namafile"),
     "6.3": ("MUST", "GET of a missing file answers ERROR"),
+    "6.4": ("MAY", "a streamed GET whose file read fails after OK is cut by closing"),
     "7.1": ("MUST", "UPLOAD answers OK and stores exactly the decoded bytes, any values, any size within the limit"),
     "7.2": ("MUST", "UPLOAD of an existing name replaces its content"),
     "7.3": ("MUST", "UPLOAD with empty content stores an empty file"),
