@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TextIO
 
 from . import stats
-from .harness import (AttachedServer, ForeignServer, ServerProcess, ServerStartError, machine_cpu_seconds,
-                      port_accepts, run_in_group, script_path, tree_cpu_seconds)
+from .harness import (AttachedServer, ForeignServer, ServerProcess, ServerStartError, kill_group,
+                      machine_cpu_seconds, port_accepts, run_in_group, script_path, tree_cpu_seconds)
 from .report import CSV_COLUMNS, csv_key, csv_row, key_texts, main_pair, pair_comparison, sample_rates
 
 log = logging.getLogger("run_experiment")
@@ -632,13 +632,24 @@ class Sweep:
                              python=self.args.python)
 
     def _stop_server(self, model: str) -> None:
-        server = self.servers.pop(model, None)
+        server = self.servers.get(model)
         if server is not None:
             code = server.stop()
+            del self.servers[model]       # only once stopped: an interrupted stop leaves it to _stop_servers
             if code not in (0, None) and not (isinstance(server, ForeignServer) and code == -signal.SIGTERM):
                 log.warning("the %s server exited with status %s", model, code)
 
     def _stop_servers(self) -> None:
-        for model in list(self.servers):
-            self._stop_server(model)
+        """Stop every server.  A second Ctrl-C (or SIGTERM) while they stop kills the rest at once, whole
+        process groups, rather than leaving them running: they are in sessions of their own, so no
+        terminal signal reaches them."""
+        try:
+            for model in list(self.servers):
+                self._stop_server(model)
+        except KeyboardInterrupt:
+            for server in self.servers.values():
+                if server.proc is not None:
+                    kill_group(server.proc)
+            self.servers.clear()
+            raise
 

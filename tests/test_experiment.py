@@ -195,6 +195,33 @@ class ExperimentTest(unittest.TestCase):
             time.sleep(0.05)
         self.assertEqual([pid for pid in seen if alive(pid)], [], "processes outlived the sweep")
 
+    def test_a_second_ctrl_c_while_servers_stop_leaves_none_running(self) -> None:
+        # The first Ctrl-C stops the servers one by one; a second one (an impatient person, a repeated
+        # SIGTERM) arriving while the first server stops must not leave the others running.
+        import argparse
+        from fileshare.harness import ServerProcess
+        from fileshare.sweep import RepeatPolicy, Sweep
+
+        class InterruptedWhileStopping(ServerProcess):
+            def stop(self, timeout: float = 20.0) -> int | None:
+                raise KeyboardInterrupt
+
+        args = argparse.Namespace(output=str(self.output), client_pool_type="thread", client_work="verify")
+        sweep = Sweep(args, [], ["thread", "process"], str(self.tmp), {}, RepeatPolicy())
+        first = InterruptedWhileStopping("thread", self.tmp, 1, extra_args=["--log-level", "WARNING"])
+        second = ServerProcess("process", self.tmp, 1, extra_args=["--log-level", "WARNING"])
+        for model, server in (("thread", first), ("process", second)):
+            self.addCleanup(ServerProcess.stop, server)
+            sweep.servers[model] = server
+            server.start()
+        with self.assertRaises(KeyboardInterrupt):
+            sweep._stop_servers()
+        for server in (first, second):
+            try:
+                server.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.fail(f"the {server.model} server outlived the interrupted sweep")
+
     def test_server_killed_mid_sweep_is_replaced(self) -> None:
         proc = self.start_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
                                 "--sizes", "0.25,0.5,1", "--client-workers", "1,2,3")
