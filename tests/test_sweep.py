@@ -264,6 +264,35 @@ class CompareAgreementTest(unittest.TestCase):
         self.assertEqual([row[:4] for row in flagged], [["upload", "10 MB", "1", "1"]])
 
 
+class CpuAccountingTest(unittest.TestCase):
+    def test_a_servers_cpu_counts_its_grandchildren(self) -> None:
+        # A server's workers need not be its children: a forkserver (Python 3.14's default start method),
+        # or a --server-command through a wrapper, puts them one level further down. Their CPU is the
+        # server's, not the rest of the machine's.
+        import os
+        import select
+        import signal
+        import subprocess
+        from fileshare.harness import tree_cpu_seconds
+        burner = ("import os, sys\n"
+                  "if os.fork() == 0:\n"
+                  "    if os.fork() == 0:\n"
+                  "        for _ in range(10 ** 9):\n"
+                  "            if sum(os.times()[:2]) >= 0.3: break\n"
+                  "        print('burnt', flush=True)\n"
+                  "        sys.stdin.read()\n"
+                  "    os.wait()\n"
+                  "else:\n"
+                  "    os.wait()\n")
+        top = subprocess.Popen([sys.executable, "-c", burner], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               start_new_session=True)
+        self.addCleanup(lambda: (os.killpg(top.pid, signal.SIGKILL), top.wait(10), top.stdin.close(),
+                                 top.stdout.close()))
+        ready, _, _ = select.select([top.stdout], [], [], 60)
+        self.assertTrue(ready and top.stdout.readline().startswith(b"burnt"), "the grandchild never burnt its CPU")
+        self.assertGreaterEqual(tree_cpu_seconds(top.pid), 0.25)
+
+
 class RepairTailTest(unittest.TestCase):
     def test_a_whole_last_line_gets_its_newline_and_a_cut_one_is_removed(self) -> None:
         with tempfile.TemporaryDirectory(prefix="sweep-tail-") as tmp:
