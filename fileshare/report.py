@@ -360,7 +360,8 @@ def method_finding(run: Run) -> str:
     fewest, most = runs_per_model(run)
     policy = run.environment.get("repeats")
     if most < 2:
-        return ("One run per cell and model (`--repeat 1`): no interval could be computed, so no difference "
+        made = "`--repeat 1`" if policy else "a file from before repeated runs"
+        return (f"One run per cell and model ({made}): no interval could be computed, so no difference "
                 "below is called significant; the ratios in the tables are single runs.")
     runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
     if policy:

@@ -220,6 +220,16 @@ class ReportVerdictTest(unittest.TestCase):
         self.assertFalse(any("largest difference" in line for line in lines))
 
 
+    def test_a_file_from_before_repeats_is_not_said_to_be_made_with_repeat_1(self) -> None:
+        records = made_up_run({key: rates[:1] for key, rates in CELLS.items()})
+        del records[0]["repeats"]                    # an environment from before repeated runs
+        for r in records[1:]:
+            r["samples"] = r["samples"][:1]
+        method = findings(load_run(write(Path(self.tmp.name) / "old.jsonl", records)))[0]
+        self.assertNotIn("--repeat 1", method)
+        self.assertIn("no interval could be computed", method)
+
+
 class PairingTest(unittest.TestCase):
     def test_rounds_pair_only_within_one_measurement_of_the_cell(self) -> None:
         from fileshare.report import pair_ratio
