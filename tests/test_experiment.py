@@ -164,6 +164,18 @@ class ExperimentTest(unittest.TestCase):
         self.assertIn("cut short", again.stderr)
         self.assertEqual([row[3] for row in after[1:]], ["0.25 MB", "0.5 MB"])
 
+    def test_resume_refuses_a_damaged_file_with_the_documented_status(self) -> None:
+        # README: exit status 2 for an unreadable file. A line damaged before the end is refused, not repaired.
+        self.output.write_text(",".join(CSV_COLUMNS) + "\n1,thread,download,1 MB,1,2,0.0050,200000000,1,0,1,0\n")
+        self.output.with_suffix(".jsonl").write_text('{"type": "environment"}\n{"type": "cell", "mod\n{}\n')
+        before = (self.output.read_bytes(), self.output.with_suffix(".jsonl").read_bytes())
+        again = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download", "--sizes", "1",
+                               "--client-workers", "1,2", "--resume")
+        self.assertEqual(again.returncode, 2, again.stderr)
+        self.assertIn("line 2 is not a record", again.stderr)
+        self.assertNotIn("Traceback", again.stderr)
+        self.assertEqual((self.output.read_bytes(), self.output.with_suffix(".jsonl").read_bytes()), before)
+
     def test_resume_refuses_rows_made_by_other_clients(self) -> None:
         first = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
                                "--sizes", "0.25", "--client-workers", "1")
