@@ -230,6 +230,23 @@ class ReportVerdictTest(unittest.TestCase):
         self.assertIn("no interval could be computed", method)
 
 
+    def test_a_failed_client_in_a_run_other_than_the_median_is_reported(self) -> None:
+        # Honest numbers: a client that got a wrong byte failed, whichever run it was in. The CSV row is the
+        # median run, but the report's failures must count every run made.
+        records = made_up_run()
+        slow = records[1]["samples"][-1]              # not the median run, which the CSV row shows
+        slow.update(succeed=0, failed=1, errors={"corrupt": {"count": 1, "example": "byte 7 differs"}})
+        records[1]["warmups"] = [dict(records[1]["samples"][0], failed=1, succeed=0)]
+        self.assertEqual(records[1]["result"]["failed"], 0)
+        lines = findings(load_run(write(Path(self.tmp.name) / "failed.jsonl", records)))
+        self.assertFalse([line for line in lines if line.startswith("No client failed")], lines)
+        failures = [line for line in lines if "client transfers failed" in line]
+        self.assertEqual(len(failures), 1, lines)
+        transfers = sum(r["clients"] * (len(r["samples"]) + len(r.get("warmups") or [])) for r in records[1:])
+        self.assertTrue(failures[0].startswith(f"2 of {transfers} client transfers failed, in 1 of 10 cells "
+                                               "(thread: 2)"), failures)
+
+
 class PairingTest(unittest.TestCase):
     def test_rounds_pair_only_within_one_measurement_of_the_cell(self) -> None:
         from fileshare.report import pair_ratio
