@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished rows are in {args.output}; --resume continues", file=sys.stderr)
         return 130
+    except ReportError as exc:         # the files --resume should continue cannot be read
+        print(f"run_experiment: {exc}", file=sys.stderr)
+        return 2
     except ServerUnreachable as exc:
         print(f"run_experiment: {exc}; the sweep stopped. Finished cells are in {output}; start the server "
               "again and add --resume to run the rest (the cell it was on is not recorded)", file=sys.stderr)

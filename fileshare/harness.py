@@ -387,10 +387,12 @@ def reaped(pid: int) -> bool:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of ``pid`` and its children so far, reaped children included;
-    a process that is gone counts nothing."""
+    """CPU seconds (user + system) of ``pid`` and every process below it so far, reaped ones included
+    (each in its parent's cumulative times, so nothing counts twice); a process that is gone counts
+    nothing.  Below, not only children: a server's workers may be grandchildren (a forkserver, a
+    command started through a wrapper)."""
     total = 0
-    for p in [pid, *child_pids(pid)]:
+    for p in [pid, *descendants(pid)]:
         fields = _stat_fields(p)
         if fields is not None:
             total += sum(int(x) for x in fields[11:15])     # utime, stime, cutime, cstime

@@ -125,8 +125,15 @@ def main_pair(models: Sequence[str]) -> Optional[tuple[str, str]]:
     return (ordered[0], ordered[1]) if len(ordered) >= 2 else None
 
 
+def every_run(record: Mapping[str, Any]) -> list[dict]:
+    """Every run made of a cell on one model, measured and warm-up (a record from before repeats: its one result)."""
+    return [*(record.get("samples") or [record["result"]]), *(record.get("warmups") or [])]
+
+
 def failed_clients(record: Mapping[str, Any]) -> int:
-    return int(record["result"].get("failed") or 0)
+    """Clients that failed in any run of the cell, not only in the median run the CSV shows: a client that
+    got a wrong byte failed, whichever run it was in."""
+    return sum(int(run.get("failed") or 0) for run in every_run(record))
 
 
 def _mbps(value: Optional[float]) -> str:
@@ -276,7 +283,7 @@ def aggregate_table(run: Run) -> Table:
         groups.setdefault((op, size, clients, pool), {})[model] = run.cells[key]
     header = ["operation", "size", "clients", "server pool", *(f"{m} MB/s" for m in models), "runs"]
     header += [f"{pair[1]}/{pair[0]}", "95% CI", "verdict", "unstable?"] if pair else []
-    header += [f"failed {'/'.join(models)}"]
+    header += [f"failed {'/'.join(models)} (all runs)"]
     rows = []
     for (op, size, clients, pool), by_model in groups.items():
         row = [op, volume(size), str(clients), str(pool)]
@@ -360,7 +367,8 @@ def method_finding(run: Run) -> str:
     fewest, most = runs_per_model(run)
     policy = run.environment.get("repeats")
     if most < 2:
-        return ("One run per cell and model (`--repeat 1`): no interval could be computed, so no difference "
+        made = "`--repeat 1`" if policy else "a file from before repeated runs"
+        return (f"One run per cell and model ({made}): no interval could be computed, so no difference "
                 "below is called significant; the ratios in the tables are single runs.")
     runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
     if policy:
@@ -495,10 +503,10 @@ def uncounted_models(run: Run) -> list[str]:
 
 def _failure_findings(run: Run) -> list[str]:
     cells = run.cells.values()
-    transfers = sum(int(c["clients"]) for c in cells)
+    transfers = sum(int(r.get("clients") or c["clients"]) for c in cells for r in every_run(c))
     failing = [c for c in cells if failed_clients(c)]
-    miscounted = [c for c in cells if c["result"].get("server_succeeded") is not None
-                  and c["result"]["server_succeeded"] != c["result"].get("succeed")]
+    miscounted = [c for c in cells if any(r.get("server_succeeded") is not None
+                                          and r["server_succeeded"] != r.get("succeed") for r in every_run(c))]
     unreported = sum(1 for c in cells if c["result"].get("server_succeeded") is None)
     if not failing:
         text = f"No client failed: {transfers} client transfers in {len(run.cells)} cells, every byte verified."

@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TextIO
 
 from . import stats
-from .harness import (AttachedServer, ForeignServer, ServerProcess, ServerStartError, machine_cpu_seconds,
-                      port_accepts, run_in_group, script_path, tree_cpu_seconds)
-from .report import CSV_COLUMNS, csv_key, csv_row, key_texts, main_pair, pair_comparison, sample_rates
+from .harness import (AttachedServer, ForeignServer, ServerProcess, ServerStartError, kill_group,
+                      machine_cpu_seconds, port_accepts, run_in_group, script_path, tree_cpu_seconds)
+from .report import (CSV_COLUMNS, ReportError, csv_key, csv_row, key_texts, main_pair, pair_comparison,
+                     sample_rates)
 
 log = logging.getLogger("run_experiment")
 
@@ -323,14 +324,14 @@ def repair_tail(path: Path, line_ok: Callable[[str], bool]) -> Optional[str]:
 
 
 def check_jsonl(path: Path) -> None:
-    """Refuse (SystemExit with a sentence) a JSON Lines file with a damaged line before its end."""
+    """Refuse (ReportError with a sentence) a JSON Lines file with a damaged line before its end."""
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if line.strip() and not _json_line_ok(line):
-                raise SystemExit(f"run_experiment: {path} line {number} is not a record this tool wrote; "
-                                 "fix or remove it, or choose another --output")
+                raise ReportError(f"{path} line {number} is not a record this tool wrote; "
+                                  "fix or remove it, or choose another --output")
 
 
 def read_done(path: Path, client_pool: str, client_work: str = "verify") -> tuple[set, int]:
@@ -344,20 +345,20 @@ def read_done(path: Path, client_pool: str, client_work: str = "verify") -> tupl
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         if next(reader, None) != CSV_COLUMNS:
-            raise SystemExit(f"run_experiment: {path} does not have the expected columns; "
-                             "remove it or choose another --output")
+            raise ReportError(f"{path} does not have the expected columns; "
+                              "remove it or choose another --output")
         for line, row in enumerate(reader, start=2):
             if len(row) != len(CSV_COLUMNS) or not row[0].isdigit():
-                raise SystemExit(f"run_experiment: {path} line {line} is not a row this tool wrote; "
-                                 "fix or remove it, or choose another --output")
+                raise ReportError(f"{path} line {line} is not a row this tool wrote; "
+                                  "fix or remove it, or choose another --output")
             done.add(csv_key(row))
             last = max(last, int(row[0]))
     kinds = _client_kinds(path.with_suffix(".jsonl"))
     if done and kinds != {(client_pool, client_work)}:
         found = ", ".join(f"client pool type {pool} with --client-work {work}" for pool, work in sorted(kinds)) \
             or "unknown clients (no JSON Lines beside it)"
-        raise SystemExit(f"run_experiment: {path} was made with {found}, not client pool type {client_pool} with "
-                         f"--client-work {client_work}; choose another --output to keep both")
+        raise ReportError(f"{path} was made with {found}, not client pool type {client_pool} with "
+                          f"--client-work {client_work}; choose another --output to keep both")
     return done, last
 
 
@@ -632,13 +633,24 @@ class Sweep:
                              python=self.args.python)
 
     def _stop_server(self, model: str) -> None:
-        server = self.servers.pop(model, None)
+        server = self.servers.get(model)
         if server is not None:
             code = server.stop()
+            del self.servers[model]       # only once stopped: an interrupted stop leaves it to _stop_servers
             if code not in (0, None) and not (isinstance(server, ForeignServer) and code == -signal.SIGTERM):
                 log.warning("the %s server exited with status %s", model, code)
 
     def _stop_servers(self) -> None:
-        for model in list(self.servers):
-            self._stop_server(model)
+        """Stop every server.  A second Ctrl-C (or SIGTERM) while they stop kills the rest at once, whole
+        process groups, rather than leaving them running: they are in sessions of their own, so no
+        terminal signal reaches them."""
+        try:
+            for model in list(self.servers):
+                self._stop_server(model)
+        except KeyboardInterrupt:
+            for server in self.servers.values():
+                if server.proc is not None:
+                    kill_group(server.proc)
+            self.servers.clear()
+            raise
 

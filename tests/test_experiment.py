@@ -168,6 +168,18 @@ class ExperimentTest(unittest.TestCase):
         self.assertIn("cut short", again.stderr)
         self.assertEqual([row[3] for row in after[1:]], ["0.25 MB", "0.5 MB"])
 
+    def test_resume_refuses_a_damaged_file_with_the_documented_status(self) -> None:
+        # README: exit status 2 for an unreadable file. A line damaged before the end is refused, not repaired.
+        self.output.write_text(",".join(CSV_COLUMNS) + "\n1,thread,download,1 MB,1,2,0.0050,200000000,1,0,1,0\n")
+        self.output.with_suffix(".jsonl").write_text('{"type": "environment"}\n{"type": "cell", "mod\n{}\n')
+        before = (self.output.read_bytes(), self.output.with_suffix(".jsonl").read_bytes())
+        again = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download", "--sizes", "1",
+                               "--client-workers", "1,2", "--resume")
+        self.assertEqual(again.returncode, 2, again.stderr)
+        self.assertIn("line 2 is not a record", again.stderr)
+        self.assertNotIn("Traceback", again.stderr)
+        self.assertEqual((self.output.read_bytes(), self.output.with_suffix(".jsonl").read_bytes()), before)
+
     def test_resume_refuses_rows_made_by_other_clients(self) -> None:
         first = self.run_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",
                                "--sizes", "0.25", "--client-workers", "1")
@@ -198,6 +210,33 @@ class ExperimentTest(unittest.TestCase):
         while time.monotonic() < deadline and any(alive(pid) for pid in seen):
             time.sleep(0.05)
         self.assertEqual([pid for pid in seen if alive(pid)], [], "processes outlived the sweep")
+
+    def test_a_second_ctrl_c_while_servers_stop_leaves_none_running(self) -> None:
+        # The first Ctrl-C stops the servers one by one; a second one (an impatient person, a repeated
+        # SIGTERM) arriving while the first server stops must not leave the others running.
+        import argparse
+        from fileshare.harness import ServerProcess
+        from fileshare.sweep import RepeatPolicy, Sweep
+
+        class InterruptedWhileStopping(ServerProcess):
+            def stop(self, timeout: float = 20.0) -> int | None:
+                raise KeyboardInterrupt
+
+        args = argparse.Namespace(output=str(self.output), client_pool_type="thread", client_work="verify")
+        sweep = Sweep(args, [], ["thread", "process"], str(self.tmp), {}, RepeatPolicy())
+        first = InterruptedWhileStopping("thread", self.tmp, 1, extra_args=["--log-level", "WARNING"])
+        second = ServerProcess("process", self.tmp, 1, extra_args=["--log-level", "WARNING"])
+        for model, server in (("thread", first), ("process", second)):
+            self.addCleanup(ServerProcess.stop, server)
+            sweep.servers[model] = server
+            server.start()
+        with self.assertRaises(KeyboardInterrupt):
+            sweep._stop_servers()
+        for server in (first, second):
+            try:
+                server.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.fail(f"the {server.model} server outlived the interrupted sweep")
 
     def test_server_killed_mid_sweep_is_replaced(self) -> None:
         proc = self.start_sweep("--models", "thread", "--server-workers", "2", "--ops", "download",

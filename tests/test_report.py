@@ -123,7 +123,8 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| upload | 1 MB | 8 | 2 | 100 | - | 1/- | - | - | - |  | 3/- |", report)
         self.assertIn("![Aggregate throughput, latency and throughput per client](run.svg)", report)
         # One run per cell: no interval, so nothing is called a difference, not even the single x1.50.
-        self.assertIn("One run per cell and model (`--repeat 1`): no interval could be computed", report)
+        self.assertIn("One run per cell and model (a file from before repeated runs): no interval could be "
+                      "computed", report)
         self.assertIn("**Upload**, 2 cells: no verdict, since no cell has an interval.", report)
         self.assertNotIn("largest difference", report)
         self.assertIn("3 of 28 client transfers failed, in 1 of 9 cells (thread: 3)", report)

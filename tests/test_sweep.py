@@ -220,6 +220,33 @@ class ReportVerdictTest(unittest.TestCase):
         self.assertFalse(any("largest difference" in line for line in lines))
 
 
+    def test_a_file_from_before_repeats_is_not_said_to_be_made_with_repeat_1(self) -> None:
+        records = made_up_run({key: rates[:1] for key, rates in CELLS.items()})
+        del records[0]["repeats"]                    # an environment from before repeated runs
+        for r in records[1:]:
+            r["samples"] = r["samples"][:1]
+        method = findings(load_run(write(Path(self.tmp.name) / "old.jsonl", records)))[0]
+        self.assertNotIn("--repeat 1", method)
+        self.assertIn("no interval could be computed", method)
+
+
+    def test_a_failed_client_in_a_run_other_than_the_median_is_reported(self) -> None:
+        # Honest numbers: a client that got a wrong byte failed, whichever run it was in. The CSV row is the
+        # median run, but the report's failures must count every run made.
+        records = made_up_run()
+        slow = records[1]["samples"][-1]              # not the median run, which the CSV row shows
+        slow.update(succeed=0, failed=1, errors={"corrupt": {"count": 1, "example": "byte 7 differs"}})
+        records[1]["warmups"] = [dict(records[1]["samples"][0], failed=1, succeed=0)]
+        self.assertEqual(records[1]["result"]["failed"], 0)
+        lines = findings(load_run(write(Path(self.tmp.name) / "failed.jsonl", records)))
+        self.assertFalse([line for line in lines if line.startswith("No client failed")], lines)
+        failures = [line for line in lines if "client transfers failed" in line]
+        self.assertEqual(len(failures), 1, lines)
+        transfers = sum(r["clients"] * (len(r["samples"]) + len(r.get("warmups") or [])) for r in records[1:])
+        self.assertTrue(failures[0].startswith(f"2 of {transfers} client transfers failed, in 1 of 10 cells "
+                                               "(thread: 2)"), failures)
+
+
 class PairingTest(unittest.TestCase):
     def test_rounds_pair_only_within_one_measurement_of_the_cell(self) -> None:
         from fileshare.report import pair_ratio
@@ -262,6 +289,35 @@ class CompareAgreementTest(unittest.TestCase):
         self.assertIn("upload 10 MB, 1 client, server pool of 1", contradiction[0])
         flagged = [row for row in table.rows if row[-1] == "**yes**"]
         self.assertEqual([row[:4] for row in flagged], [["upload", "10 MB", "1", "1"]])
+
+
+class CpuAccountingTest(unittest.TestCase):
+    def test_a_servers_cpu_counts_its_grandchildren(self) -> None:
+        # A server's workers need not be its children: a forkserver (Python 3.14's default start method),
+        # or a --server-command through a wrapper, puts them one level further down. Their CPU is the
+        # server's, not the rest of the machine's.
+        import os
+        import select
+        import signal
+        import subprocess
+        from fileshare.harness import tree_cpu_seconds
+        burner = ("import os, sys\n"
+                  "if os.fork() == 0:\n"
+                  "    if os.fork() == 0:\n"
+                  "        for _ in range(10 ** 9):\n"
+                  "            if sum(os.times()[:2]) >= 0.3: break\n"
+                  "        print('burnt', flush=True)\n"
+                  "        sys.stdin.read()\n"
+                  "    os.wait()\n"
+                  "else:\n"
+                  "    os.wait()\n")
+        top = subprocess.Popen([sys.executable, "-c", burner], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               start_new_session=True)
+        self.addCleanup(lambda: (os.killpg(top.pid, signal.SIGKILL), top.wait(10), top.stdin.close(),
+                                 top.stdout.close()))
+        ready, _, _ = select.select([top.stdout], [], [], 60)
+        self.assertTrue(ready and top.stdout.readline().startswith(b"burnt"), "the grandchild never burnt its CPU")
+        self.assertGreaterEqual(tree_cpu_seconds(top.pid), 0.25)
 
 
 class RepairTailTest(unittest.TestCase):
