@@ -452,11 +452,12 @@ def _cpu_findings(run: Run) -> list[str]:
     found = []
     for op in op_order(k[2] for k in run.cells):
         most = max(k[4] for k in run.cells if k[2] == op)
-        parts, clients = [], []
+        parts, clients, windows = [], [], []
         for model in run.models():
             usage = [s.get("usage") or {} for c in run.cells.values()
                      if (c["model"], c["op"], c["clients"]) == (model, op, most) for s in c.get("samples") or []]
             cores = [u["server_cores"] for u in usage if u.get("server_cores") is not None]
+            windows += [u["window_s"] for u in usage if u.get("window_s")]
             clients += [u["client_cores"] for u in usage if u.get("client_cores") is not None]
             if cores:
                 parts.append(f"{model} server median {statistics.median(cores):.2f}, at most {max(cores):.2f}")
@@ -465,7 +466,10 @@ def _cpu_findings(run: Run) -> list[str]:
                                   for s in c.get("samples") or [])
             found.append(f"{op.capitalize()} with {_plural_value(most, 'client')}, cores used (CPU seconds / "
                          f"seconds, {window}, over every run of those cells): " + "; ".join(parts)
-                         + (f"; the clients median {statistics.median(clients):.2f}" if clients else "") + ".")
+                         + (f"; the clients median {statistics.median(clients):.2f}" if clients else "")
+                         + (f" (coarse: windows of a median {statistics.median(windows):.2g} s, and /proc counts "
+                            "hundredths of a second)" if windows and statistics.median(windows) < stats.MIN_CPU_WINDOW_S
+                            else "") + ".")
     return found
 
 

@@ -221,6 +221,13 @@ class ReportVerdictTest(unittest.TestCase):
         self.assertTrue(cores)
         self.assertTrue(all("over the whole stress test, start-up, preparation and clean-up included" in line
                             for line in cores), cores)
+        self.assertFalse([line for line in cores if "coarse" in line], cores)
+        for r in records[1:]:
+            for s in r["samples"]:
+                s["usage"]["window_s"] = 0.02
+        cores = [line for line in findings(load_run(write(Path(self.tmp.name) / "short.jsonl", records)))
+                 if "cores used" in line]
+        self.assertTrue(all("(coarse: windows of a median 0.02 s" in line for line in cores), cores)
 
     def test_a_sweep_that_stopped_early_says_so_first(self) -> None:
         self.assertFalse([line for line in self.lines if "Incomplete" in line])
