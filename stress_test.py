@@ -379,11 +379,14 @@ def percentile(values: list[float], share: float) -> Optional[float]:
     return ordered[int(rank) - 1]
 
 
-def own_tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process (thread clients) and every process below it (process clients):
-    this process's and its reaped children's from getrusage, to the microsecond (a short run's thread
-    clients use less than a clock tick), the live ones' from /proc."""
-    me, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+def client_cpu_seconds(pool: str) -> float:
+    """CPU seconds used so far by the clients of ``pool``: this process (thread clients), and for process
+    clients every process below it too.  This process's and reaped children's come from getrusage, to the
+    microsecond (a short run's clients use less than a clock tick), the live ones' from /proc."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    if pool == "thread":
+        return me.ru_utime + me.ru_stime
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     live = trees_cpu_seconds(child_pids(os.getpid()))
     return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + sum(live.values())
 
@@ -398,10 +401,11 @@ class TimedWindow:
         self.watched = {f"idle {pid}": pid for pid in settings.idle_pids}
         if settings.server_pid is not None:
             self.watched[self.SERVER] = settings.server_pid
+        self.pool = settings.pool
         self.snapshots: list[CpuSnapshot] = []
 
     def mark(self) -> None:
-        self.snapshots.append(CpuSnapshot.take(self.watched, own_tree_cpu_seconds))
+        self.snapshots.append(CpuSnapshot.take(self.watched, lambda: client_cpu_seconds(self.pool)))
 
     def usage(self) -> Optional[dict]:
         """Cores used over the window (see fileshare.harness.cpu_use), or None unless it was bracketed."""
@@ -414,6 +418,12 @@ class TimedWindow:
         if len(self.snapshots) != 2:
             return None
         return round(max(0.0, self.snapshots[1].clients - self.snapshots[0].clients), 4)
+
+    def server_cpu_seconds(self) -> Optional[float]:
+        """CPU seconds of the server's processes over the window, or None without a server PID (or window)."""
+        if len(self.snapshots) != 2 or any(self.SERVER not in s.servers for s in self.snapshots):
+            return None
+        return max(0.0, self.snapshots[1].servers[self.SERVER] - self.snapshots[0].servers[self.SERVER])
 
 
 def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optional[dict],
