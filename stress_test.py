@@ -34,10 +34,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from client_worker import ClientError, DiscardingSink, FileClient
 from fileshare.cli import MAX_SECONDS, timeout_seconds
+from fileshare.harness import CpuSnapshot, child_pids, cpu_use, trees_cpu_seconds
 from fileshare.loadgen import CanonicalEncoding, VerifyingClient, canonical_encoding
 from fileshare.store import replaced_atomically
 
@@ -62,6 +63,8 @@ class Settings:
     port: int
     timeout: float
     client_work: str = "verify"
+    server_pid: Optional[int] = None        # the server's process, whose tree's cores the result reports
+    idle_pids: tuple[int, ...] = ()         # servers that should be idle meanwhile (of other models, say)
 
     @property
     def size_bytes(self) -> int:
@@ -82,7 +85,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
         description="Run CLIENT_POOL clients against a file server at once; print one JSON result.",
         epilog="Each flag defaults to its environment variable: STRESS_OP, FILE_SIZE_MB, CLIENT_POOL, "
-               "CLIENT_POOL_TYPE, SERVER_HOST, SERVER_PORT, CLIENT_WORK. Exit status 2 means an invalid setting.")
+               "CLIENT_POOL_TYPE, SERVER_HOST, SERVER_PORT, CLIENT_WORK, SERVER_PID, IDLE_SERVER_PIDS. "
+               "Exit status 2 means an invalid setting.")
     parser.add_argument("--op", help="download or upload (env STRESS_OP, default download)")
     parser.add_argument("--size-mb", help="file size in MiB, a positive number (env FILE_SIZE_MB, default 10)")
     parser.add_argument("--clients", help="how many clients run at once (env CLIENT_POOL, default 5)")
@@ -93,6 +97,13 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
                         help="verify: clients compare downloads with the known base64 text and send uploads "
                              "pre-encoded, so the server is what is measured; decode: clients decode and encode "
                              "like an application (env CLIENT_WORK, default verify)")
+    parser.add_argument("--server-pid",
+                        help="the server's process ID, on this machine: the result's usage then says how many cores "
+                             "it and every process below it used over the timed transfer (env SERVER_PID, "
+                             "default none)")
+    parser.add_argument("--idle-server-pids",
+                        help="comma-separated process IDs of servers meant to be idle meanwhile; their cores count "
+                             "as idle_servers_cores (env IDLE_SERVER_PIDS, default none)")
     parser.add_argument("--timeout", default="120",
                         help="seconds a client waits on any read or write (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -137,7 +148,24 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     client_work = _setting(args.client_work, "CLIENT_WORK", "verify").strip().lower()
     if client_work not in CLIENT_WORK:
         raise SettingsError(f"CLIENT_WORK must be 'verify' or 'decode', not {client_work!r}")
-    return Settings(op, size_mb, clients, pool, host, port, timeout, client_work)
+    server_pids = _pids(_setting(args.server_pid, "SERVER_PID", ""), "SERVER_PID")
+    if len(server_pids) > 1:
+        raise SettingsError(f"SERVER_PID must be one process ID, not {len(server_pids)}")
+    idle_pids = _pids(_setting(args.idle_server_pids, "IDLE_SERVER_PIDS", ""), "IDLE_SERVER_PIDS")
+    return Settings(op, size_mb, clients, pool, host, port, timeout, client_work,
+                    server_pids[0] if server_pids else None, idle_pids)
+
+
+def _pids(text: str, env: str) -> tuple[int, ...]:
+    """Process IDs, comma-separated; an empty text is none."""
+    try:
+        pids = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        pids = (0,)
+    if any(pid <= 0 for pid in pids):
+        raise SettingsError(f"{env} must be {'a process ID' if env == 'SERVER_PID' else 'process IDs, comma-separated'}"
+                            f" (positive integers), not {text!r}")
+    return pids
 
 
 # ---------------------------------------------------------------------- test content
@@ -250,27 +278,56 @@ def run_client(job: ClientJob) -> ClientOutcome:
         return ClientOutcome(False, started, time.monotonic() - started, 0, "other", f"{type(exc).__name__}: {exc}")
 
 
-def run_clients(jobs: list[ClientJob], pool: str) -> list[ClientOutcome]:
-    """Run every job at once in a pool of ``len(jobs)`` threads or processes."""
+def run_clients(jobs: list[ClientJob], pool: str, mark: Callable[[], None] = lambda: None) -> list[ClientOutcome]:
+    """Run every job at once in a pool of ``len(jobs)`` threads or processes.
+
+    ``mark`` is called twice, bracketing the timed part: once every client waits at the barrier (just
+    before this thread releases them), and once the last has finished (the client processes still
+    alive, so their CPU time can be read)."""
     count = len(jobs)
     if pool == "thread":
-        _set_barrier(threading.Barrier(count))
+        barrier = threading.Barrier(count + 1)
+        _set_barrier(barrier)
         with concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="client") as executor:
-            return list(executor.map(run_client, jobs))
+            futures = [executor.submit(run_client, job) for job in jobs]
+            _release(barrier, futures, mark)
+            outcomes = [future.result() for future in futures]
+            mark()
+            return outcomes
     # Fork: every worker starts on the first submit, each takes exactly one job
     # (all block at the barrier until every job is taken), and nothing is pickled but the job.
     mp = multiprocessing.get_context("fork")
-    barrier = mp.Barrier(count)
+    barrier = mp.Barrier(count + 1)
     with concurrent.futures.ProcessPoolExecutor(count, mp_context=mp, initializer=_set_barrier,
                                                 initargs=(barrier,)) as executor:
         futures = [executor.submit(run_client, job) for job in jobs]
+        _release(barrier, futures, mark)
         outcomes = []
         for future in futures:
             try:
                 outcomes.append(future.result())
             except Exception as exc:   # a client process died
                 outcomes.append(ClientOutcome(False, error_kind="other", error=f"client process failed: {exc}"))
+        mark()
         return outcomes
+
+
+def _release(barrier: Any, futures: list[concurrent.futures.Future], mark: Callable[[], None]) -> None:
+    """Wait until every client waits at ``barrier`` (this thread is its last party), ``mark``, and let them
+    go.  A client that ended without reaching it (its process died) breaks the barrier for the others at
+    once, as does waiting longer than BARRIER_TIMEOUT: they fail, each saying why."""
+    deadline = time.monotonic() + BARRIER_TIMEOUT
+    clients = barrier.parties - 1
+    while barrier.n_waiting < clients and time.monotonic() < deadline and not any(f.done() for f in futures):
+        time.sleep(0.001)
+    mark()
+    if barrier.n_waiting < clients:
+        barrier.abort()
+        return
+    try:
+        barrier.wait(BARRIER_TIMEOUT)
+    except threading.BrokenBarrierError:
+        pass       # the clients report it
 
 
 # ---------------------------------------------------------------------- the run
@@ -323,10 +380,50 @@ def percentile(values: list[float], share: float) -> Optional[float]:
 
 
 def client_cpu_seconds(pool: str) -> float:
-    """CPU seconds used so far by the clients of ``pool``: this process's threads, or the
-    forked client processes once the pool has reaped them."""
-    usage = resource.getrusage(resource.RUSAGE_SELF if pool == "thread" else resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds used so far by the clients of ``pool``: this process (thread clients), and for process
+    clients every process below it too.  This process's and reaped children's come from getrusage, to the
+    microsecond (a short run's clients use less than a clock tick), the live ones' from /proc."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    if pool == "thread":
+        return me.ru_utime + me.ru_stime
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = trees_cpu_seconds(child_pids(os.getpid()))
+    return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + sum(live.values())
+
+
+class TimedWindow:
+    """CPU snapshots bracketing the timed part: the server's processes, the idle servers', the clients'
+    (this process and those below it) and the machine's, for the result's ``usage``."""
+
+    SERVER = "server"
+
+    def __init__(self, settings: Settings) -> None:
+        self.watched = {f"idle {pid}": pid for pid in settings.idle_pids}
+        if settings.server_pid is not None:
+            self.watched[self.SERVER] = settings.server_pid
+        self.pool = settings.pool
+        self.snapshots: list[CpuSnapshot] = []
+
+    def mark(self) -> None:
+        self.snapshots.append(CpuSnapshot.take(self.watched, lambda: client_cpu_seconds(self.pool)))
+
+    def usage(self) -> Optional[dict]:
+        """Cores used over the window (see fileshare.harness.cpu_use), or None unless it was bracketed."""
+        if len(self.snapshots) != 2:
+            return None
+        use = cpu_use(*self.snapshots, self.SERVER)
+        return dict(use, over="transfer") if use else None
+
+    def client_cpu_seconds(self) -> Optional[float]:
+        if len(self.snapshots) != 2:
+            return None
+        return round(max(0.0, self.snapshots[1].clients - self.snapshots[0].clients), 4)
+
+    def server_cpu_seconds(self) -> Optional[float]:
+        """CPU seconds of the server's processes over the window, or None without a server PID (or window)."""
+        if len(self.snapshots) != 2 or any(self.SERVER not in s.servers for s in self.snapshots):
+            return None
+        return max(0.0, self.snapshots[1].servers[self.SERVER] - self.snapshots[0].servers[self.SERVER])
 
 
 def summarize(settings: Settings, outcomes: list[ClientOutcome], before: Optional[dict],
@@ -406,13 +503,13 @@ def clean_up(settings: Settings, jobs: list[ClientJob], outcomes: list[ClientOut
 def run(settings: Settings) -> dict:
     jobs = prepare(settings)
     before, no_counts = server_counts(settings)
-    cpu_before = client_cpu_seconds(settings.pool)
-    outcomes = run_clients(jobs, settings.pool)
-    client_cpu = client_cpu_seconds(settings.pool) - cpu_before
+    window = TimedWindow(settings)
+    outcomes = run_clients(jobs, settings.pool, window.mark)
     after, no_counts = server_counts(settings) if before is not None else (None, no_counts)
     notes = [no_counts] if no_counts else []
     notes += clean_up(settings, jobs, outcomes)
-    result = summarize(settings, outcomes, before, after, client_cpu)
+    result = summarize(settings, outcomes, before, after, window.client_cpu_seconds())
+    result["usage"] = window.usage()
     if notes:
         result["notes"] = notes
     return result

@@ -353,13 +353,11 @@ def run_stress_cell(server: ServerProcess, op: str, size_mb: float, clients: int
     """One sweep cell's timed part as stress_test runs it: its thread clients, here in this process
     (so their CPU time is this process's), after stress_test's own preparation."""
     settings = stress_test.Settings(op, size_mb, clients, "thread", server.host, server.port, CLIENT_TIMEOUT,
-                                    client_work)
+                                    client_work, server_pid=server.pid)
     jobs = stress_test.prepare(settings)
-    server_before = tree_cpu_seconds(server.pid)
-    client_before = stress_test.client_cpu_seconds("thread")
-    outcomes = stress_test.run_clients(jobs, "thread")
-    client_cpu = stress_test.client_cpu_seconds("thread") - client_before
-    server_cpu = tree_cpu_seconds(server.pid) - server_before
+    window = stress_test.TimedWindow(settings)
+    outcomes = stress_test.run_clients(jobs, "thread", window.mark)
+    client_cpu, server_cpu = window.client_cpu_seconds(), window.server_cpu_seconds()
     stress_test.clean_up(settings, jobs, outcomes)
     summary = stress_test.summarize(settings, outcomes, None, None, client_cpu)
     if summary["failed"]:

@@ -22,7 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from .server import REPO_ROOT
 
@@ -348,7 +349,10 @@ def child_pids(pid: int) -> list[int]:
 
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid``: children, grandchildren and so on."""
-    parents = {p: _parent_of(p) for p in _all_pids()}
+    return _below(pid, {p: _parent_of(p) for p in _all_pids()})
+
+
+def _below(pid: int, parents: Mapping[int, int | None]) -> set[int]:
     found: set[int] = set()
     frontier = {pid}
     while frontier:
@@ -391,12 +395,25 @@ def tree_cpu_seconds(pid: int) -> float:
     (each in its parent's cumulative times, so nothing counts twice); a process that is gone counts
     nothing.  Below, not only children: a server's workers may be grandchildren (a forkserver, a
     command started through a wrapper)."""
-    total = 0
-    for p in [pid, *descendants(pid)]:
-        fields = _stat_fields(p)
-        if fields is not None:
-            total += sum(int(x) for x in fields[11:15])     # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
+    return trees_cpu_seconds([pid]).get(pid, 0.0)
+
+
+def trees_cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """:func:`tree_cpu_seconds` of each of ``pids`` that still runs (a PID that is gone is left out),
+    from one pass over /proc, so that a snapshot of several trees is quick and nearly instantaneous."""
+    parents = {p: _parent_of(p) for p in _all_pids()}
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in pids:
+        if pid not in parents:
+            continue
+        total = 0
+        for p in [pid, *_below(pid, parents)]:
+            fields = _stat_fields(p)
+            if fields is not None:
+                total += sum(int(x) for x in fields[11:15])     # utime, stime, cutime, cstime
+        found[pid] = total / ticks
+    return found
 
 
 def status_fields(pid: int) -> dict[str, str]:
@@ -442,3 +459,44 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
     hz = os.sysconf("SC_CLK_TCK")
     return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+# ---------------------------------------------------------------------- cores used over a window
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds so far: the machine's (busy, stolen), each watched server's process tree, and the clients'."""
+    at: float
+    machine: Optional[tuple[float, float]]
+    servers: dict[str, float]
+    clients: float
+
+    @classmethod
+    def take(cls, servers: Mapping[str, int], clients: Callable[[], float]) -> "CpuSnapshot":
+        """Now, for ``servers`` (name -> PID of the process whose tree is the server; one that is gone
+        is left out) and the ``clients`` (a function returning their CPU seconds so far)."""
+        trees = trees_cpu_seconds(set(servers.values()))
+        return cls(time.monotonic(), machine_cpu_seconds(),
+                   {name: trees[pid] for name, pid in servers.items() if pid in trees}, clients())
+
+
+def cpu_use(before: CpuSnapshot, after: CpuSnapshot, measured: str) -> dict:
+    """Cores used between two snapshots (CPU seconds / wall seconds) by the ``measured`` server, the
+    clients, the other (idle) servers, everything else on the machine, and lost to steal.  Without
+    the measured server (one running elsewhere) its cores and the rest of the machine's are None:
+    what the machine did cannot be split."""
+    window = after.at - before.at
+    if window <= 0:
+        return {}
+    servers = {m: max(0.0, after.servers[m] - before.servers[m]) for m in after.servers if m in before.servers}
+    clients = max(0.0, after.clients - before.clients)
+    use = {"window_s": round(window, 4), "client_cores": round(clients / window, 3),
+           "server_cores": round(servers[measured] / window, 3) if measured in servers else None,
+           # the servers of the other models, idle meanwhile: a busy one would disturb the run
+           "idle_servers_cores": round(sum(v for m, v in servers.items() if m != measured) / window, 3)}
+    if before.machine and after.machine:
+        busy, steal = (after.machine[i] - before.machine[i] for i in (0, 1))
+        known = measured in servers
+        use["other_cores"] = round(max(0.0, busy - clients - sum(servers.values())) / window, 3) if known else None
+        use["steal_cores"] = round(max(0.0, steal) / window, 3)
+    return use

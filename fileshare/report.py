@@ -15,7 +15,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import stats
 from .chart import (aggregate_interval, aggregate_mbps, model_key, model_order, op_key, op_order, per_client_Bps,
@@ -218,7 +218,7 @@ class Comparison:
         for model, record in ((self.a, self.record_a), (self.b, self.record_b)):
             summary = model_summary(record)
             spread = f"spread {summary.spread:.0%}" if summary is not None and summary.unstable else ""
-            hit = sum(1 for s in record.get("samples") or [] if stats.disturbed(s.get("usage")))
+            hit = sum(1 for s in record.get("samples") or [] if stats.disturbed(stats.noise_usage(s)))
             disturbed = f"{hit} run{'s' if hit > 1 else ''} disturbed" if hit else ""
             if spread or disturbed:
                 why.append(f"{model} " + ", ".join(filter(None, (spread, disturbed))))
@@ -386,12 +386,35 @@ def method_finding(run: Run) -> str:
                  f"wall time): the geometric mean of the runs' ratios, paired round by round, with its 95% "
                  f"confidence interval (Student's t). A cell counts as a difference only when that interval excludes x1.00 "
                  f"and the ratio lies outside {band_text()}, the noise threshold; otherwise: no clear difference.")
+        unpaired = [c for c in comparisons(run).values() if c.ratio is not None and not c.ratio.paired]
+        if unpaired:
+            shown = "; ".join(f"{c.key[0]} {c.where()}" for c in unpaired[:6]) \
+                + (f", and {len(unpaired) - 6} more" if len(unpaired) > 6 else "")
+            text += (f" Not paired in {_plural_value(len(unpaired), 'cell')}, whose models' runs were not made side "
+                     f"by side (a cell finished by --resume on one model, or runs from before rounds): there the "
+                     f"ratio is that of the models' geometric means, with Welch's interval: {shown}.")
     return text
+
+
+def incomplete_finding(run: Run) -> Optional[str]:
+    """Whether the sweep's last session stopped before its last cell (a later --resume that finished
+    makes the file complete), in words, or None."""
+    last = run.environments[-1] if run.environments else {}
+    if last.get("completed") is False:
+        how = "stopped early (interrupted, or a server it could not reach)"
+    elif "repeats" in last and last.get("end") is None:
+        how = "recorded no end (it is still running, or was killed)"
+    else:
+        return None
+    return (f"**Incomplete sweep**: it {how} after {_plural_value(len(run.cells), 'model cell')}; the cells it "
+            "did not reach are missing, and the findings below cover only those it measured. "
+            "`python run_experiment.py --resume` with the same settings runs the rest.")
 
 
 def findings(run: Run) -> list[str]:
     """Plain sentences with numbers, each computed from the run's cells."""
-    found: list[str] = [method_finding(run)]
+    found: list[str] = [text for text in (incomplete_finding(run),) if text]
+    found.append(method_finding(run))
     pair = main_pair(run.models())
     everything = comparisons(run)
     if pair:
@@ -429,31 +452,52 @@ def _cpu_findings(run: Run) -> list[str]:
     found = []
     for op in op_order(k[2] for k in run.cells):
         most = max(k[4] for k in run.cells if k[2] == op)
-        parts, clients = [], []
+        parts, clients, windows = [], [], []
         for model in run.models():
             usage = [s.get("usage") or {} for c in run.cells.values()
                      if (c["model"], c["op"], c["clients"]) == (model, op, most) for s in c.get("samples") or []]
             cores = [u["server_cores"] for u in usage if u.get("server_cores") is not None]
+            windows += [u["window_s"] for u in usage if u.get("window_s")]
             clients += [u["client_cores"] for u in usage if u.get("client_cores") is not None]
             if cores:
                 parts.append(f"{model} server median {statistics.median(cores):.2f}, at most {max(cores):.2f}")
         if parts:
+            window = cores_window(s for c in run.cells.values() if (c["op"], c["clients"]) == (op, most)
+                                  for s in c.get("samples") or [])
             found.append(f"{op.capitalize()} with {_plural_value(most, 'client')}, cores used (CPU seconds / "
-                         f"seconds of each stress test, over every run of those cells): " + "; ".join(parts)
-                         + (f"; the clients median {statistics.median(clients):.2f}" if clients else "") + ".")
+                         f"seconds, {window}, over every run of those cells): " + "; ".join(parts)
+                         + (f"; the clients median {statistics.median(clients):.2f}" if clients else "")
+                         + (f" (coarse: windows of a median {statistics.median(windows):.2g} s, and /proc counts "
+                            "hundredths of a second)" if windows and statistics.median(windows) < stats.MIN_CPU_WINDOW_S
+                            else "") + ".")
     return found
+
+
+def cores_window(samples: Iterable[Mapping[str, Any]]) -> str:
+    """Over what the runs' cores were measured: the timed transfer (the stress test's own window), or the
+    whole stress test (files from before it had one, or runs that reported none)."""
+    windows = [(s.get("usage") or {}).get("over") for s in samples if s.get("usage")]
+    whole = sum(1 for w in windows if w != "transfer")
+    if not whole:
+        return "over the timed transfer"
+    if whole == len(windows):
+        return "over the whole stress test, start-up, preparation and clean-up included"
+    return (f"over the timed transfer, or over the whole stress test in {whole} of {len(windows)} runs that "
+            "reported no window of their own")
 
 
 def _noise_findings(run: Run, everything: dict[tuple, Comparison]) -> list[str]:
     found = []
     samples = [s for c in run.cells.values() for s in c.get("samples") or []]
-    measured = [s for s in samples if s.get("usage")]
+    measured = [u for u in map(stats.noise_usage, samples) if u]
     if measured:
-        hit = [s for s in measured if stats.disturbed(s["usage"])]
-        others = [s["usage"]["other_cores"] for s in measured if s["usage"].get("other_cores") is not None]
-        steal = [s["usage"]["steal_cores"] for s in measured if s["usage"].get("steal_cores") is not None]
+        hit = [u for u in measured if stats.disturbed(u)]
+        others = [u["other_cores"] for u in measured if u.get("other_cores") is not None]
+        steal = [u["steal_cores"] for u in measured if u.get("steal_cores") is not None]
         found.append(f"Other load: {len(hit)} of {len(measured)} runs were disturbed (the rest of the machine, the "
-                     f"idle servers included, used over {stats.DISTURBED_CORES:g} cores, or over {stats.DISTURBED_STEAL:g} cores were stolen)"
+                     f"idle servers included, used over {stats.DISTURBED_CORES:g} cores, or over {stats.DISTURBED_STEAL:g} cores were stolen, "
+                     f"{cores_window(samples)}; over the whole stress test where the transfer lasted under "
+                     f"{stats.MIN_CPU_WINDOW_S:g} s, too short for /proc's hundredths of a second)"
                      + (f"; other work used a median of {statistics.median(others):.2f} cores, at most "
                         f"{max(others):.2f}" if others else "")
                      + (f"; steal at most {max(steal):.2f} cores" if steal else "") + ".")
@@ -594,9 +638,10 @@ def write_report(run: Run, markdown: Path, chart: Path) -> None:
         f"{band_text()}), and why a cell may be unstable.", "",
         aggregate_table(run).markdown(), "",
         "## Runs of every cell", "",
-        "Aggregate MB/s over each model's measured runs, and the cores (CPU seconds / seconds of the stress test, "
-        "preparation included) the server, the clients and the rest of the machine used, and lost to steal: "
-        "medians over the runs.", "",
+        "Aggregate MB/s over each model's measured runs, and the cores (CPU seconds / seconds, "
+        f"{cores_window(s for r in cells for s in r.get('samples') or [])}) the server, the clients and the rest "
+        "of the machine used, and lost to steal: medians over the runs. /proc counts CPU time in hundredths of a "
+        "second, so the cores of a transfer that lasts a few hundredths are coarse.", "",
         repeats_table(run).markdown(), "",
         "## Every cell (the 12 columns of the CSV: each model's median run)", "",
         cells_table(run).markdown(), "",

@@ -34,6 +34,9 @@ UNSTABLE_SPREAD = 0.10
 # A run during which the rest of the machine used this many cores, or lost this many to steal, was disturbed.
 DISTURBED_CORES = 0.25
 DISTURBED_STEAL = 0.10
+# /proc counts CPU time in clock ticks (a hundredth of a second on Linux, per core), so cores over a shorter
+# window than this are too coarse to call a run disturbed.
+MIN_CPU_WINDOW_S = 0.25
 
 FASTER_B, FASTER_A, UNCLEAR, NO_INTERVAL = "b faster", "a faster", "no clear difference", "no interval"
 
@@ -155,6 +158,17 @@ def relative_half_width(summary: Optional[Summary]) -> Optional[float]:
     if summary is None or summary.ci is None or summary.mean <= 0:
         return None
     return (summary.ci[1] - summary.ci[0]) / 2 / summary.mean
+
+
+def noise_usage(sample: dict) -> Optional[dict]:
+    """The cores that say whether a run was disturbed: those over its timed transfer (``usage``), unless that
+    window is shorter than MIN_CPU_WINDOW_S and the sweep's longer window around the whole stress test
+    (``usage_whole_run``) was recorded too."""
+    usage, whole = sample.get("usage"), sample.get("usage_whole_run")
+    if usage and whole and (usage.get("window_s") or 0) < MIN_CPU_WINDOW_S \
+            and (whole.get("window_s") or 0) > (usage.get("window_s") or 0):
+        return whole
+    return usage
 
 
 def disturbed(usage: Optional[dict]) -> bool:

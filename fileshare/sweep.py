@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TextIO
 
 from . import stats
-from .harness import (AttachedServer, ForeignServer, ServerProcess, ServerStartError, kill_group,
-                      machine_cpu_seconds, port_accepts, run_in_group, script_path, tree_cpu_seconds)
+from .harness import (AttachedServer, CpuSnapshot, ForeignServer, ServerProcess, ServerStartError, cpu_use,
+                      kill_group, port_accepts, run_in_group, script_path)
 from .report import (CSV_COLUMNS, ReportError, csv_key, csv_row, key_texts, main_pair, pair_comparison,
                      sample_rates)
 
@@ -146,11 +146,15 @@ def representative(samples: list[dict]) -> dict:
 # ---------------------------------------------------------------------- one run
 
 def run_cell(cell: Cell, model: str, server: Server, pool: str, timeout: float, python: str = sys.executable,
-             client_work: str = "verify") -> dict:
-    """Run stress_test.py once for ``cell`` with ``python``; a stress test that hangs or crashes is a failed run."""
+             client_work: str = "verify", server_pid: Optional[int] = None, idle_pids: Sequence[int] = ()) -> dict:
+    """Run stress_test.py once for ``cell`` with ``python``; a stress test that hangs or crashes is a failed run.
+
+    With ``server_pid`` (and the ``idle_pids`` of the servers of the other models) the stress test
+    reports the cores each used over its timed transfer."""
     env = dict(os.environ, STRESS_OP=cell.op, FILE_SIZE_MB=f"{cell.size_mb:g}", CLIENT_POOL=str(cell.clients),
                CLIENT_POOL_TYPE=pool, SERVER_HOST=server.host, SERVER_PORT=str(server.port),
-               CLIENT_WORK=client_work)
+               CLIENT_WORK=client_work, SERVER_PID=str(server_pid or ""),
+               IDLE_SERVER_PIDS=",".join(map(str, idle_pids)))
     started = time.monotonic()
     code, out, err = run_in_group([python, str(script_path("stress_test.py"))], timeout, env)
     elapsed = time.monotonic() - started
@@ -178,44 +182,18 @@ def failed_result(cell: Cell, pool: str, reason: str, elapsed: float = 0.0) -> d
             "server_succeeded": None, "server_failed": None, "elapsed_s": elapsed}
 
 
-@dataclass(frozen=True)
-class CpuSnapshot:
-    """CPU seconds so far: the machine's, each local server's (its processes), and this process's reaped children."""
-    at: float
-    machine: Optional[tuple[float, float]]
-    servers: dict[str, float]
-    children: float
-
-    @classmethod
-    def take(cls, servers: dict[str, Server]) -> "CpuSnapshot":
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cls(time.monotonic(), machine_cpu_seconds(),
-                   {m: tree_cpu_seconds(s.pid) for m, s in servers.items() if _local(s)},
-                   usage.ru_utime + usage.ru_stime)
-
-
 def _local(server: Server) -> bool:
     return isinstance(server, ServerProcess) and server.proc is not None
 
 
-def cpu_use(before: CpuSnapshot, after: CpuSnapshot, model: str) -> dict:
-    """Cores used between two snapshots (CPU seconds / wall seconds) by the measured server, the clients
-    (the stress test with its preparation), everything else on the machine, and lost to steal."""
-    window = after.at - before.at
-    if window <= 0:
-        return {}
-    servers = {m: max(0.0, after.servers[m] - before.servers[m]) for m in after.servers if m in before.servers}
-    clients = max(0.0, after.children - before.children)
-    use = {"window_s": round(window, 4), "client_cores": round(clients / window, 3),
-           "server_cores": round(servers[model] / window, 3) if model in servers else None,
-           # the servers of the other models, idle meanwhile: a busy one would disturb the run
-           "idle_servers_cores": round(sum(v for m, v in servers.items() if m != model) / window, 3)}
-    if before.machine and after.machine:
-        busy, steal = (after.machine[i] - before.machine[i] for i in (0, 1))
-        known = model in servers
-        use["other_cores"] = round(max(0.0, busy - clients - sum(servers.values())) / window, 3) if known else None
-        use["steal_cores"] = round(max(0.0, steal) / window, 3)
-    return use
+def _server_pids(servers: dict[str, Server]) -> dict[str, int]:
+    """The servers whose processes this machine can see, by model."""
+    return {m: s.pid for m, s in servers.items() if _local(s)}
+
+
+def _reaped_children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------------- the machine
@@ -588,10 +566,16 @@ class Sweep:
         if not server.alive():
             return failed_result(cell, self.args.client_pool_type,
                                  self.start_errors.get(model) or "the server was not running")
-        before = CpuSnapshot.take(self.servers)
+        pids = _server_pids(self.servers)
+        before = CpuSnapshot.take(pids, _reaped_children_cpu)
         result = run_cell(cell, model, server, self.args.client_pool_type, self.args.timeout, self.args.python,
-                          self.args.client_work)
-        result["usage"] = cpu_use(before, CpuSnapshot.take(self.servers), model)
+                          self.args.client_work, pids.get(model), [p for m, p in pids.items() if m != model])
+        # The stress test's own window is its timed transfer; this one is its whole process (start-up,
+        # preparation, clean-up), kept for runs that reported no window of their own (a failed run).
+        result["usage_whole_run"] = dict(cpu_use(before, CpuSnapshot.take(pids, _reaped_children_cpu), model),
+                                         over="stress_test")
+        if not result.get("usage"):
+            result["usage"] = result["usage_whole_run"]
         if isinstance(server, AttachedServer):
             if result.get("failed") and not port_accepts(server.host, server.port):
                 raise ServerUnreachable(f"the server at {server.host}:{server.port} stopped accepting "

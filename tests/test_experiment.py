@@ -103,6 +103,16 @@ class ExperimentTest(unittest.TestCase):
         self.assertEqual(len(cells), 8)
         self.assertEqual(cells[-1]["result"]["succeed"], 3)
         self.assertEqual(len(cells[-1]["samples"]), 1)
+        # Every run's cores are those over its timed transfer, the server's (and the idle one's) included;
+        # the window around the whole stress test is kept beside them.
+        for cell in cells:
+            for sample in cell["samples"]:
+                usage, whole = sample["usage"], sample["usage_whole_run"]
+                self.assertEqual((usage["over"], whole["over"]), ("transfer", "stress_test"), cell["model"])
+                self.assertIsNotNone(usage["server_cores"])
+                self.assertIsNotNone(usage["other_cores"])
+                self.assertIn("idle_servers_cores", usage)
+                self.assertLess(usage["window_s"], whole["window_s"])
         # The cheap verifying clients by default, recorded in every cell.
         self.assertEqual({(c["client_work"], c["result"]["client_work"]) for c in cells}, {("verify", "verify")})
         self.assertIn("<svg", self.output.with_suffix(".svg").read_text())

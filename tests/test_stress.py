@@ -42,7 +42,7 @@ SIZE_MB = "0.5"
 SIZE_BYTES = 512 * 1024
 CLIENTS = 3
 SETTING_VARIABLES = ("STRESS_OP", "FILE_SIZE_MB", "CLIENT_POOL", "CLIENT_POOL_TYPE", "SERVER_HOST",
-                     "SERVER_PORT", "STRESS_LOG_LEVEL", "CLIENT_WORK")
+                     "SERVER_PORT", "STRESS_LOG_LEVEL", "CLIENT_WORK", "SERVER_PID", "IDLE_SERVER_PIDS")
 RESULT_KEYS = {"op", "size_mb", "clients", "pool", "client_work", "succeed", "failed", "total_time_s",
                "throughput_Bps", "wall_time_s", "aggregate_throughput_Bps", "latency_s", "errors",
                "server_succeeded", "server_failed", "client_cpu_s"}
@@ -222,6 +222,63 @@ class StressWithoutServerTest(_StressAssertions):
         self.check("upload", "process")
 
 
+# ---------------------------------------------------------------------- cores over the timed part
+
+# A server in a process of its own that answers every request with an ERROR, but an UPLOAD only once a child
+# of its has burnt BURN_S seconds of CPU: that child's CPU falls inside the stress test's timed transfer.
+BURNING_SERVER = """
+import socket, subprocess, sys
+BURN = "import os\\nfor _ in range(10 ** 9):\\n    if sum(os.times()[:2]) >= %s: break"
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+while True:
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(30)
+        try:
+            if conn.recv(64).upper().startswith(b"UPLOAD"):
+                subprocess.run([sys.executable, "-c", BURN], timeout=60)
+            conn.sendall(b'{"status": "ERROR", "data": "not stored"}\\r\\n\\r\\n')
+        except OSError:
+            pass
+"""
+BURN_S = 0.3
+
+
+class StressCoresTest(_StressAssertions):
+
+    def setUp(self) -> None:
+        self.server = subprocess.Popen([sys.executable, "-c", BURNING_SERVER % BURN_S], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.addCleanup(lambda: (os.killpg(self.server.pid, 9), self.server.wait(10), self.server.stdout.close()))
+        self.port = self.server.stdout.readline().strip()
+        self.assertTrue(self.port.isdigit(), "the burning server printed no port")
+
+    def stress(self, *flags: str) -> dict:
+        usage = self.result_of(run_stress(["--op", "upload", "--size-mb", "0.01", "--clients", "1", "--host", HOST,
+                                           "--port", self.port, "--timeout", "30", *flags]))["usage"]
+        self.assertEqual(usage["over"], "transfer")
+        self.assertGreater(usage["window_s"], 0)
+        return usage
+
+    def test_the_servers_cores_count_a_burning_child_of_the_watched_process(self) -> None:
+        usage = self.stress("--server-pid", str(self.server.pid))
+        # CPU seconds of the server's tree over the timed transfer: the child's burn (/proc counts whole ticks)
+        self.assertGreaterEqual(usage["server_cores"] * usage["window_s"], BURN_S - 0.05, usage)
+        self.assertIsNotNone(usage["other_cores"])
+        self.assertEqual(usage["idle_servers_cores"], 0.0)
+
+    def test_a_server_it_cannot_see_has_no_cores(self) -> None:
+        usage = self.stress()
+        self.assertIsNone(usage["server_cores"])
+        self.assertIsNone(usage["other_cores"])
+        self.assertGreaterEqual(usage["client_cores"], 0)
+
+    def test_a_burning_server_watched_as_idle_counts_as_idle(self) -> None:
+        usage = self.stress("--idle-server-pids", str(self.server.pid))
+        self.assertGreaterEqual(usage["idle_servers_cores"] * usage["window_s"], BURN_S - 0.05, usage)
+
+
 # ---------------------------------------------------------------------- settings
 
 class StressSettingsTest(_StressAssertions):
@@ -232,10 +289,12 @@ class StressSettingsTest(_StressAssertions):
         {"CLIENT_POOL": "0"}, {"CLIENT_POOL": "1.5"}, {"CLIENT_POOL": "abc"}, {"CLIENT_POOL": "-2"},
         {"CLIENT_POOL_TYPE": "fork"}, {"CLIENT_WORK": "hash"}, {"CLIENT_WORK": ""},
         {"SERVER_PORT": "abc"}, {"SERVER_PORT": "70000"}, {"SERVER_PORT": "0"},
+        {"SERVER_PID": "abc"}, {"SERVER_PID": "12,13"}, {"SERVER_PID": "-1"}, {"IDLE_SERVER_PIDS": "1,x"},
     ]
     INVALID_FLAGS = [
         ["--op", "foo"], ["--size-mb", "0"], ["--size-mb", "abc"], ["--clients", "1.5"], ["--clients", "0"],
         ["--pool", "fork"], ["--port", "70000"], ["--port", "abc"], ["--timeout", "0"], ["--client-work", "none"],
+        ["--server-pid", "0"], ["--idle-server-pids", "2;3"],
     ]
 
     def assertInvalid(self, proc: subprocess.CompletedProcess) -> None:

@@ -31,7 +31,8 @@ def run_result(mbps: float, clients: int = 1, size_mb: float = 1.0, wall: float 
               "succeed": clients, "failed": 0, "total_time_s": wall, "throughput_Bps": size_mb * MIB / wall,
               "wall_time_s": wall, "aggregate_throughput_Bps": mbps * 1e6, "errors": {},
               "server_succeeded": clients, "server_failed": 0,
-              "usage": {"server_cores": 1.0, "client_cores": 0.2, "other_cores": other_cores, "steal_cores": 0.0}}
+              "usage": {"server_cores": 1.0, "client_cores": 0.2, "other_cores": other_cores, "steal_cores": 0.0,
+                        "window_s": wall, "over": "transfer"}}
     if round_number is not None:
         result["round"] = round_number
     return result
@@ -206,9 +207,56 @@ class ReportVerdictTest(unittest.TestCase):
         self.assertIn("Machine speed (base64 decoding): 300 MB/s at the start, 270 MB/s at the end (drift -10.0%).",
                       self.lines)
         self.assertIn("1 of 5 cells may be unstable", self.line("1 of 5 cells"))
-        self.assertIn("Upload with 5 clients, cores used (CPU seconds / seconds of each stress test, over every "
+        self.assertIn("Upload with 5 clients, cores used (CPU seconds / seconds, over the timed transfer, over every "
                       "run of those cells): thread server median 1.00, at most 1.00; process server median 1.00, "
                       "at most 1.00; the clients median 0.20.", self.lines)
+
+    def test_cores_from_a_file_before_timed_windows_say_they_cover_the_whole_stress_test(self) -> None:
+        records = made_up_run()
+        for r in records[1:]:
+            for s in r["samples"]:
+                del s["usage"]["over"]
+        lines = findings(load_run(write(Path(self.tmp.name) / "old.jsonl", records)))
+        cores = [line for line in lines if "cores used" in line]
+        self.assertTrue(cores)
+        self.assertTrue(all("over the whole stress test, start-up, preparation and clean-up included" in line
+                            for line in cores), cores)
+        self.assertFalse([line for line in cores if "coarse" in line], cores)
+        for r in records[1:]:
+            for s in r["samples"]:
+                s["usage"]["window_s"] = 0.02
+        cores = [line for line in findings(load_run(write(Path(self.tmp.name) / "short.jsonl", records)))
+                 if "cores used" in line]
+        self.assertTrue(all("(coarse: windows of a median 0.02 s" in line for line in cores), cores)
+
+    def test_a_sweep_that_stopped_early_says_so_first(self) -> None:
+        self.assertFalse([line for line in self.lines if "Incomplete" in line])
+        records = made_up_run()
+        records[0] = dict(ENVIRONMENT, completed=False, end="2026-01-01T00:05:00+00:00")
+        lines = findings(load_run(write(Path(self.tmp.name) / "stopped.jsonl", records)))
+        self.assertTrue(lines[0].startswith("**Incomplete sweep**: it stopped early"), lines[0])
+        self.assertIn("10 model cells", lines[0])
+        # A later session that finished (a --resume) makes it complete.
+        records.insert(3, dict(ENVIRONMENT, completed=True, end="2026-01-01T00:09:00+00:00"))
+        lines = findings(load_run(write(Path(self.tmp.name) / "resumed.jsonl", records)))
+        self.assertFalse([line for line in lines if "Incomplete" in line])
+
+    def test_unpaired_cells_are_named_where_the_method_says_paired(self) -> None:
+        self.assertNotIn("Not paired", self.lines[0])
+        records = made_up_run()
+        records[2]["measured_at"] = "later"         # process of the first cell, finished by a --resume
+        method = findings(load_run(write(Path(self.tmp.name) / "resumed.jsonl", records)))[0]
+        self.assertIn("paired round by round", method)
+        self.assertIn("Not paired in 1 cell,", method)
+        self.assertIn("Welch's interval: upload 10 MB, 1 client, server pool of 1.", method)
+
+    def test_a_short_transfer_is_judged_disturbed_by_the_longer_window(self) -> None:
+        quiet = {"window_s": 1.0, "other_cores": 0.0, "over": "stress_test"}
+        busy = {"window_s": 0.01, "other_cores": 2.0, "over": "transfer"}     # one stray tick of /proc
+        self.assertIs(stats.noise_usage({"usage": busy, "usage_whole_run": quiet}), quiet)
+        self.assertIs(stats.noise_usage({"usage": busy}), busy)
+        long_busy = dict(busy, window_s=stats.MIN_CPU_WINDOW_S)
+        self.assertIs(stats.noise_usage({"usage": long_busy, "usage_whole_run": quiet}), long_busy)
 
     def test_a_single_run_per_cell_says_no_interval_could_be_computed(self) -> None:
         single = {key: rates[:1] for key, rates in CELLS.items()}
@@ -292,6 +340,23 @@ class CompareAgreementTest(unittest.TestCase):
 
 
 class CpuAccountingTest(unittest.TestCase):
+    def test_cores_between_two_snapshots(self) -> None:
+        from fileshare.harness import CpuSnapshot, cpu_use
+        before = CpuSnapshot(10.0, (100.0, 5.0), {"thread": 1.0, "process": 2.0}, 0.5)
+        after = CpuSnapshot(12.0, (104.0, 5.2), {"thread": 3.0, "process": 2.2}, 1.3)
+        # 2 s: the thread server 2.0 CPU s, the idle process server 0.2, the clients 0.8, the machine 4.0
+        # busy (so 1.0 of other work) and 0.2 stolen.
+        self.assertEqual(cpu_use(before, after, "thread"),
+                         {"window_s": 2.0, "server_cores": 1.0, "idle_servers_cores": 0.1, "client_cores": 0.4,
+                          "other_cores": 0.5, "steal_cores": 0.1})
+        # A server it cannot see (running elsewhere): no server cores, and the rest of the machine cannot be told.
+        elsewhere = cpu_use(before, after, "attached")
+        self.assertEqual((elsewhere["server_cores"], elsewhere["other_cores"]), (None, None))
+        self.assertEqual(elsewhere["idle_servers_cores"], 1.1)
+        # Without /proc/stat: no machine figures; a window of no time: nothing.
+        self.assertNotIn("other_cores", cpu_use(CpuSnapshot(10.0, None, {}, 0.0), CpuSnapshot(11.0, None, {}, 0.5), "x"))
+        self.assertEqual(cpu_use(after, after, "thread"), {})
+
     def test_a_servers_cpu_counts_its_grandchildren(self) -> None:
         # A server's workers need not be its children: a forkserver (Python 3.14's default start method),
         # or a --server-command through a wrapper, puts them one level further down. Their CPU is the
