@@ -21,7 +21,8 @@ from tests.test_servers import OLD
 from fileshare import handoff
 from fileshare.connection import MinimumRate
 from fileshare.handoff import HandoffServer
-from fileshare.idle import STALE_DEADLINES_KEPT, IdleConnections
+from fileshare.idle import READ_SIZE, STALE_DEADLINES_KEPT, IdleConnections
+from fileshare.protocol import Request, RequestParser
 from fileshare.state import RequestCounters
 
 
@@ -62,6 +63,37 @@ class DeadlineMemoryTests(unittest.TestCase):
             self.assertEqual(len(idle), 1)
             self.assertLessEqual(largest, STALE_DEADLINES_KEPT * (len(idle) + 2))
             kept.close()
+
+
+class BlankLineMemoryTests(unittest.TestCase):
+    def test_blank_lines_between_requests_are_not_kept(self) -> None:
+        """Blank lines are skipped between requests, so the loop must not keep them either: a
+        client sending nothing but line breaks grew the loop's memory by all it sent (within
+        --timeout, at loopback speed), and the worker then parsed all of it again."""
+        with ExitStack() as stack:
+            selector = stack.enter_context(selectors.DefaultSelector())
+            idle = IdleConnections(selector, timeout=3600.0, counters=RequestCounters())
+            stack.callback(idle.close_all)
+            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            served, peer = tcp_pair(listener)
+            stack.enter_context(peer)
+            self.assertIsNone(idle.add(served))
+            waiting = selector.get_key(served).data
+            largest = 0
+            for _ in range(200):                    # 1.6 MB of blank lines, 8 KB at a time
+                peer.sendall(b"\r\n" * 4096)
+                for key, _ in selector.select(5):
+                    self.assertIsNone(idle.read(key.data))
+                largest = max(largest, len(waiting.head))
+            self.assertLessEqual(largest, READ_SIZE)
+            peer.sendall(build("LIST"))
+            for _ in range(100):
+                ready = next((idle.read(key.data) for key, _ in selector.select(5)), None)
+                if ready is not None:
+                    break
+            self.assertIsNotNone(ready, "the request after the blank lines never came out")
+            self.assertEqual(RequestParser().feed(ready[1]), [Request("LIST", "")])
+            served.close()
 
 
 class MinimumRateTests(unittest.TestCase):
