@@ -27,9 +27,10 @@ from .streaming import ReceiveBuffer, iter_encoded, peer_name, receive_size
 log = logging.getLogger("fileserver")
 
 
-# An upload's content must bring at least this many bytes a second, on average over each
-# --timeout: a client trickling it would otherwise hold a worker for as long as it likes.
-MIN_UPLOAD_BYTES_PER_SECOND = 16 * 1024
+# An upload's content must arrive, and a GET's content be taken, at least this many bytes a
+# second on average over each --timeout: a client trickling it would otherwise hold a worker for
+# as long as it likes.
+MIN_BYTES_PER_SECOND = 16 * 1024
 
 
 class MinimumRate:
@@ -49,8 +50,8 @@ class MinimumRate:
         """How long the next receive may wait before the window must be judged."""
         return max(self.window_end - now, 0.001)
 
-    def received_bytes(self, count: int, now: float) -> bool:
-        """Note ``count`` bytes received at ``now`` (0 when a wait ran out); False once too slow."""
+    def transferred(self, count: int, now: float) -> bool:
+        """Note ``count`` bytes received or sent at ``now`` (0 when a wait ran out); False once too slow."""
         self.received += count
         if now < self.window_end:
             return True
@@ -141,10 +142,10 @@ class Connection:
             raise ConnectionClosed from None
 
     def _receive_upload(self, size: int) -> bytearray:
-        """Receive a piece of an upload's content, which must keep MIN_UPLOAD_BYTES_PER_SECOND."""
+        """Receive a piece of an upload's content, which must keep MIN_BYTES_PER_SECOND."""
         pace = self.upload_pace
         if pace is None:
-            pace = self.upload_pace = MinimumRate(MIN_UPLOAD_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
+            pace = self.upload_pace = MinimumRate(MIN_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
         while True:
             self.sock.settimeout(pace.seconds_left(time.monotonic()))
             try:
@@ -155,11 +156,28 @@ class Connection:
                 raise ConnectionClosed from None
             finally:
                 self.sock.settimeout(self.ctx.timeout)      # for the reply's sends
-            if not pace.received_bytes(len(data) if data else 0, time.monotonic()):
-                raise TimeoutError(f"upload slower than {MIN_UPLOAD_BYTES_PER_SECOND} bytes/s "
+            if not pace.transferred(len(data) if data else 0, time.monotonic()):
+                raise TimeoutError(f"upload slower than {MIN_BYTES_PER_SECOND} bytes/s "
                                    f"over {self.ctx.timeout:g} s")
             if data is not None:
                 return data
+
+    def _send_paced(self, data: bytes, pace: MinimumRate) -> None:
+        """Send all of ``data`` to a reader that must keep MIN_BYTES_PER_SECOND, as an upload's sender
+        must: a send timing out only after --timeout of no progress at all would let a reader
+        taking 64 KiB per --timeout hold the worker for the whole file."""
+        view = memoryview(data)
+        while view:
+            self.sock.settimeout(pace.seconds_left(time.monotonic()))
+            try:
+                sent = self.sock.send(view)
+            except socket.timeout:
+                sent = 0
+            finally:
+                self.sock.settimeout(self.ctx.timeout)
+            if not pace.transferred(sent, time.monotonic()):
+                raise TimeoutError(f"reader slower than {MIN_BYTES_PER_SECOND} bytes/s over {self.ctx.timeout:g} s")
+            view = view[sent:]
 
     # ------------------------------------------------------------------ dispatch
 
@@ -212,8 +230,9 @@ class Connection:
             try:
                 self.replying = True
                 self.sock.sendall(get_reply_prefix(name, self.ctx.get_key))
+                pace = MinimumRate(MIN_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
                 for piece in iter_encoded(source):
-                    self.sock.sendall(piece)
+                    self._send_paced(piece, pace)
             except OSError:
                 # Half a reply is out: no ERROR can follow it, only a hang-up.
                 self.ctx.counters.failed()

@@ -4,10 +4,12 @@ the workers' reading, each promise that once broke pinned by a test that failed 
 from __future__ import annotations
 
 import base64
+import os
 import multiprocessing
 import selectors
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -18,12 +20,12 @@ from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply
 from tests.test_idle import IdleTestsMixin
 from tests.test_servers import OLD
 
-from fileshare import handoff
+from fileshare import connection, handoff
 from fileshare.connection import MinimumRate
 from fileshare.handoff import HandoffServer
 from fileshare.idle import READ_SIZE, STALE_DEADLINES_KEPT, IdleConnections
 from fileshare.protocol import Request, RequestParser
-from fileshare.state import RequestCounters
+from fileshare.state import RequestCounters, ServerContext
 
 
 def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -100,13 +102,54 @@ class MinimumRateTests(unittest.TestCase):
     def test_each_window_is_judged_when_it_ends(self) -> None:
         pace = MinimumRate(rate=100, window=2, now=0)
         self.assertEqual(pace.seconds_left(0.5), 1.5)
-        self.assertTrue(pace.received_bytes(150, 1.0))     # not judged before its end
-        self.assertTrue(pace.received_bytes(50, 2.0))      # 200 in 2 s: enough, a new window
+        self.assertTrue(pace.transferred(150, 1.0))     # not judged before its end
+        self.assertTrue(pace.transferred(50, 2.0))      # 200 in 2 s: enough, a new window
         self.assertEqual(pace.seconds_left(2.0), 2)
-        self.assertTrue(pace.received_bytes(0, 3.9))
-        self.assertFalse(pace.received_bytes(0, 4.0))      # nothing in the second window
+        self.assertTrue(pace.transferred(0, 3.9))
+        self.assertFalse(pace.transferred(0, 4.0))      # nothing in the second window
         trickle = MinimumRate(rate=100, window=2, now=0)
-        self.assertFalse(all(trickle.received_bytes(1, t / 10) for t in range(1, 30)))
+        self.assertFalse(all(trickle.transferred(1, t / 10) for t in range(1, 30)))
+
+
+class SlowReaderTests(unittest.TestCase):
+    def test_a_get_read_below_the_minimum_rate_is_cut(self) -> None:
+        """A GET's reader must keep the rate an upload's sender must: each send only had to finish
+        within --timeout, so at the default a reader taking 1.1 KiB/s (64 KiB a minute) held a
+        worker for as long as the file lasted.  Here the minimum is raised so that the reader, far
+        faster than any send's timeout needs, is still too slow, and the test stays short."""
+        with ExitStack() as stack:
+            root = stack.enter_context(tempfile.TemporaryDirectory())
+            with open(os.path.join(root, "big"), "wb") as f:
+                f.write(os.urandom(3 * 1024 * 1024))
+            ctx = ServerContext(root=root, timeout=0.5, max_upload_bytes=1 << 20, temp_tag="t",
+                                counters=RequestCounters())
+            stack.enter_context(mock.patch.object(connection, "MIN_BYTES_PER_SECOND", 8 * 1024 * 1024))
+            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            reader = socket.socket()
+            stack.enter_context(reader)
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # the buffers stay small
+            reader.connect(listener.getsockname())
+            served, _ = listener.accept()
+            stack.enter_context(served)             # the worker keeps it open after a whole reply
+            served.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            worker = threading.Thread(target=connection.serve_request, args=(served, ctx, build("GET big")),
+                                      daemon=True)
+            worker.start()
+            reader.settimeout(10)
+            received = bytearray()
+            for _ in range(200):            # 64 KiB every 20 ms at most: whole in 1.3 s or more
+                try:
+                    piece = reader.recv(64 * 1024)
+                except ConnectionResetError:
+                    piece = b""
+                received += piece
+                if not piece or received.endswith(TERMINATOR):
+                    break
+                time.sleep(0.02)
+            worker.join(10)
+            self.assertFalse(worker.is_alive())
+            self.assertFalse(received.endswith(TERMINATOR), "a reader below the minimum rate got the whole file")
+            self.assertEqual(ctx.counters.snapshot()["failed"], 1)
 
 
 class HandoffRaceTests(unittest.TestCase):
@@ -271,7 +314,6 @@ class ServerPromisesMixin:
             self.assertTrue(c.wait_closed(5))
         after = self.stats(server)
         self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (0, 3))
-
 
     def test_slow_uploads_do_not_take_every_worker(self) -> None:
         """Two uploads trickling one base64 character at a time, two workers: a third client is
