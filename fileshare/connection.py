@@ -22,7 +22,7 @@ from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, 
                        UploadStart, error_reply, get_reply_prefix, ok_reply)
 from .state import ServerContext
 from .store import FileError, PendingUpload, delete_file, list_names, open_for_get
-from .streaming import ReceiveBuffer, iter_encoded, peer_name, receive_size
+from .streaming import ReceiveBuffer, iter_encoded, peer_name, read_arrived, receive_size
 
 log = logging.getLogger("fileserver")
 
@@ -31,6 +31,11 @@ log = logging.getLogger("fileserver")
 # second on average over each --timeout: a client trickling it would otherwise hold a worker for
 # as long as it likes.
 MIN_BYTES_PER_SECOND = 16 * 1024
+
+
+# The most read, after a request that breaks the protocol, of what arrived behind it, to count
+# the requests in it as failed: a bound, since a client may still be sending.
+UNREAD_COUNTED_BYTES = 1024 * 1024
 
 
 class MinimumRate:
@@ -118,8 +123,10 @@ class Connection:
             # The stream cannot be resynchronised: answer, then hang up.  Whole requests that had
             # arrived behind the bad one are not answered: they count as failed, as the bad one.
             self._discard_upload()
-            if exc.after:
-                self.ctx.counters.unanswered(exc.after)
+            if exc.after is not None:
+                # Those already in the kernel too (a pipelining client's, beyond one read).
+                self.ctx.counters.unanswered(exc.after + read_arrived(self.sock, UNREAD_COUNTED_BYTES))
+                self.sock.settimeout(self.ctx.timeout)
             self._reply_error(str(exc))
             return None
         if used < len(data):

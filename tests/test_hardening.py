@@ -315,6 +315,22 @@ class ServerPromisesMixin:
         after = self.stats(server)
         self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (0, 3))
 
+    def test_requests_behind_a_bad_request_past_one_read_are_counted(self) -> None:
+        """Whole requests behind a bad one that had arrived, but beyond what was read with it,
+        count as failed too: they went uncounted (and the unread bytes turned the close into a
+        reset)."""
+        server = self.start_server(workers=2)
+        before = self.stats(server)
+        behind = 20000                  # 160 KB: far more than the loop reads at once
+        with server.connect() as c:
+            c.send(b"GET \xff\xfe" + TERMINATOR + build("LIST") * behind)
+            self.assertEqual(decode_reply(c.recv_reply(10))["status"], "ERROR")
+            self.assertTrue(c.wait_closed(10))
+        after = self.stats(server)
+        self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]),
+                         (0, 1 + behind))
+
+
     def test_slow_uploads_do_not_take_every_worker(self) -> None:
         """Two uploads trickling one base64 character at a time, two workers: a third client is
         still answered, once the trickles fall below the minimum rate (issue 23 item 4)."""
