@@ -35,16 +35,21 @@ def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
     return server, client
 
 
+def loop_connections(stack: ExitStack) -> tuple[selectors.BaseSelector, IdleConnections, socket.socket]:
+    """The loop's waiting connections on a selector of their own, and a listener to make them with."""
+    selector = stack.enter_context(selectors.DefaultSelector())
+    idle = IdleConnections(selector, timeout=3600.0, counters=RequestCounters())
+    stack.callback(idle.close_all)
+    return selector, idle, stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+
+
 class DeadlineMemoryTests(unittest.TestCase):
     """The loop's deadline heap holds entries for open connections, not for requests served."""
 
     def test_deadline_entries_stay_bounded_by_open_connections(self) -> None:
         with ExitStack() as stack:
-            selector = stack.enter_context(selectors.DefaultSelector())
-            idle = IdleConnections(selector, timeout=3600.0, counters=RequestCounters())
-            stack.callback(idle.close_all)
+            selector, idle, listener = loop_connections(stack)
             # One silent connection: its deadline, the earliest, keeps every later one in the heap.
-            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
             silent, silent_peer = tcp_pair(listener)
             stack.enter_context(silent_peer)
             self.assertIsNone(idle.add(silent))
@@ -73,10 +78,7 @@ class BlankLineMemoryTests(unittest.TestCase):
         client sending nothing but line breaks grew the loop's memory by all it sent (within
         --timeout, at loopback speed), and the worker then parsed all of it again."""
         with ExitStack() as stack:
-            selector = stack.enter_context(selectors.DefaultSelector())
-            idle = IdleConnections(selector, timeout=3600.0, counters=RequestCounters())
-            stack.callback(idle.close_all)
-            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            selector, idle, listener = loop_connections(stack)
             served, peer = tcp_pair(listener)
             stack.enter_context(peer)
             self.assertIsNone(idle.add(served))
