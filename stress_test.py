@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import random
-import resource
 import statistics
 import sys
 import threading
@@ -41,6 +40,8 @@ from fileshare.cli import MAX_SECONDS, timeout_seconds
 from fileshare.harness import CpuSnapshot, child_pids, cpu_use, trees_cpu_seconds
 from fileshare.loadgen import CanonicalEncoding, VerifyingClient, canonical_encoding
 from fileshare.store import replaced_atomically
+# Unix-only (not on Windows): imported after the package, which stops on another platform with one line.
+import resource  # noqa: E402
 
 log = logging.getLogger("stress_test")
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -48,6 +47,8 @@ from client_worker import FileClient  # noqa: E402
 from fileshare.harness import ServerProcess, child_pids, script_path, tree_cpu_seconds, vm_hwm  # noqa: E402
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
 from fileshare.streaming import RECV_CHUNK, ReceiveBuffer  # noqa: E402
+# Unix-only (not on Windows): imported after the package, which stops on another platform with one line.
+import resource  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1e6

@@ -26,7 +26,6 @@ import json
 import logging
 import multiprocessing
 import os
-import resource
 import socket
 import sys
 import tempfile
@@ -38,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client_worker import ClientError, DiscardingSink, FileClient  # noqa: E402
 from fileshare.harness import ServerProcess, child_pids, vm_hwm  # noqa: E402
+# Unix-only (not on Windows): imported after the package, which stops on another platform with one line.
+import resource  # noqa: E402
 
 log = logging.getLogger("bench.idle")
 MIB = 1024 * 1024

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import statistics
 import sys
@@ -37,6 +36,8 @@ import stress_test  # noqa: E402
 from fileshare.harness import ServerProcess  # noqa: E402
 from fileshare.loadgen import CanonicalEncoding, VerifyingClient, canonical_encoding  # noqa: E402
 from fileshare.protocol import TERMINATOR, build_request  # noqa: E402
+# Unix-only (not on Windows): imported after the package, which stops on another platform with one line.
+import resource  # noqa: E402
 
 TIMEOUT = 120.0
 RECEIVE = 256 * 1024

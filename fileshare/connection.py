@@ -22,14 +22,20 @@ from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, 
                        UploadStart, error_reply, get_reply_prefix, ok_reply)
 from .state import ServerContext
 from .store import FileError, PendingUpload, delete_file, list_names, open_for_get
-from .streaming import ReceiveBuffer, iter_encoded, peer_name, receive_size
+from .streaming import ReceiveBuffer, iter_encoded, peer_name, read_arrived, receive_size
 
 log = logging.getLogger("fileserver")
 
 
-# An upload's content must bring at least this many bytes a second, on average over each
-# --timeout: a client trickling it would otherwise hold a worker for as long as it likes.
-MIN_UPLOAD_BYTES_PER_SECOND = 16 * 1024
+# An upload's content must arrive, and a GET's content be taken, at least this many bytes a
+# second on average over each --timeout: a client trickling it would otherwise hold a worker for
+# as long as it likes.
+MIN_BYTES_PER_SECOND = 16 * 1024
+
+
+# The most read, after a request that breaks the protocol, of what arrived behind it, to count
+# the requests in it as failed: a bound, since a client may still be sending.
+UNREAD_COUNTED_BYTES = 1024 * 1024
 
 
 class MinimumRate:
@@ -49,8 +55,8 @@ class MinimumRate:
         """How long the next receive may wait before the window must be judged."""
         return max(self.window_end - now, 0.001)
 
-    def received_bytes(self, count: int, now: float) -> bool:
-        """Note ``count`` bytes received at ``now`` (0 when a wait ran out); False once too slow."""
+    def transferred(self, count: int, now: float) -> bool:
+        """Note ``count`` bytes received or sent at ``now`` (0 when a wait ran out); False once too slow."""
         self.received += count
         if now < self.window_end:
             return True
@@ -117,8 +123,10 @@ class Connection:
             # The stream cannot be resynchronised: answer, then hang up.  Whole requests that had
             # arrived behind the bad one are not answered: they count as failed, as the bad one.
             self._discard_upload()
-            if exc.after:
-                self.ctx.counters.unanswered(exc.after)
+            if exc.after is not None:
+                # Those already in the kernel too (a pipelining client's, beyond one read).
+                self.ctx.counters.unanswered(exc.after + read_arrived(self.sock, UNREAD_COUNTED_BYTES))
+                self.sock.settimeout(self.ctx.timeout)
             self._reply_error(str(exc))
             return None
         if used < len(data):
@@ -141,10 +149,10 @@ class Connection:
             raise ConnectionClosed from None
 
     def _receive_upload(self, size: int) -> bytearray:
-        """Receive a piece of an upload's content, which must keep MIN_UPLOAD_BYTES_PER_SECOND."""
+        """Receive a piece of an upload's content, which must keep MIN_BYTES_PER_SECOND."""
         pace = self.upload_pace
         if pace is None:
-            pace = self.upload_pace = MinimumRate(MIN_UPLOAD_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
+            pace = self.upload_pace = MinimumRate(MIN_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
         while True:
             self.sock.settimeout(pace.seconds_left(time.monotonic()))
             try:
@@ -155,11 +163,28 @@ class Connection:
                 raise ConnectionClosed from None
             finally:
                 self.sock.settimeout(self.ctx.timeout)      # for the reply's sends
-            if not pace.received_bytes(len(data) if data else 0, time.monotonic()):
-                raise TimeoutError(f"upload slower than {MIN_UPLOAD_BYTES_PER_SECOND} bytes/s "
+            if not pace.transferred(len(data) if data else 0, time.monotonic()):
+                raise TimeoutError(f"upload slower than {MIN_BYTES_PER_SECOND} bytes/s "
                                    f"over {self.ctx.timeout:g} s")
             if data is not None:
                 return data
+
+    def _send_paced(self, data: bytes, pace: MinimumRate) -> None:
+        """Send all of ``data`` to a reader that must keep MIN_BYTES_PER_SECOND, as an upload's sender
+        must: a send timing out only after --timeout of no progress at all would let a reader
+        taking 64 KiB per --timeout hold the worker for the whole file."""
+        view = memoryview(data)
+        while view:
+            self.sock.settimeout(pace.seconds_left(time.monotonic()))
+            try:
+                sent = self.sock.send(view)
+            except socket.timeout:
+                sent = 0
+            finally:
+                self.sock.settimeout(self.ctx.timeout)
+            if not pace.transferred(sent, time.monotonic()):
+                raise TimeoutError(f"reader slower than {MIN_BYTES_PER_SECOND} bytes/s over {self.ctx.timeout:g} s")
+            view = view[sent:]
 
     # ------------------------------------------------------------------ dispatch
 
@@ -212,8 +237,9 @@ class Connection:
             try:
                 self.replying = True
                 self.sock.sendall(get_reply_prefix(name, self.ctx.get_key))
+                pace = MinimumRate(MIN_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
                 for piece in iter_encoded(source):
-                    self.sock.sendall(piece)
+                    self._send_paced(piece, pace)
             except OSError:
                 # Half a reply is out: no ERROR can follow it, only a hang-up.
                 self.ctx.counters.failed()

@@ -65,6 +65,12 @@ class Waiting:
                 return True
         except ProtocolError:
             return True
+        if self.parser.idle:
+            # Only blank lines so far, which the parser skips: keeping them would let a client
+            # grow the loop's memory by all it sends within --timeout.  The connection is idle
+            # again, under the deadline it had before.
+            self.parser, self.head = None, bytearray()
+            return False
         self.course_style = unterminated_request(self.head)
         return False
 

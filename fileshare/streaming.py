@@ -77,6 +77,23 @@ class ReceiveBuffer:
         self._buffer = bytearray()
 
 
+def read_arrived(sock: socket.socket, limit: int) -> bytes:
+    """Up to ``limit`` bytes that have arrived on ``sock``, without waiting for more (the socket
+    is left non-blocking): what a connection about to be closed had sent, to be counted."""
+    pieces, size = [], 0
+    sock.setblocking(False)
+    try:
+        while size < limit:
+            piece = sock.recv(min(limit - size, SMALL_RECV_CHUNK))
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+    except OSError:             # nothing more yet (BlockingIOError), or reset
+        pass
+    return b"".join(pieces)
+
+
 def iter_encoded(source: BinaryIO, chunk: int = RAW_CHUNK) -> Iterator[bytes]:
     """Yield the base64 text of ``source`` piece by piece, reading ``chunk`` bytes at a time.
 

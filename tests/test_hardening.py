@@ -4,10 +4,12 @@ the workers' reading, each promise that once broke pinned by a test that failed 
 from __future__ import annotations
 
 import base64
+import os
 import multiprocessing
 import selectors
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -18,11 +20,12 @@ from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply
 from tests.test_idle import IdleTestsMixin
 from tests.test_servers import OLD
 
-from fileshare import handoff
+from fileshare import connection, handoff
 from fileshare.connection import MinimumRate
 from fileshare.handoff import HandoffServer
-from fileshare.idle import STALE_DEADLINES_KEPT, IdleConnections
-from fileshare.state import RequestCounters
+from fileshare.idle import READ_SIZE, STALE_DEADLINES_KEPT, IdleConnections
+from fileshare.protocol import Request, RequestParser
+from fileshare.state import RequestCounters, ServerContext
 
 
 def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -32,16 +35,21 @@ def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
     return server, client
 
 
+def loop_connections(stack: ExitStack) -> tuple[selectors.BaseSelector, IdleConnections, socket.socket]:
+    """The loop's waiting connections on a selector of their own, and a listener to make them with."""
+    selector = stack.enter_context(selectors.DefaultSelector())
+    idle = IdleConnections(selector, timeout=3600.0, counters=RequestCounters())
+    stack.callback(idle.close_all)
+    return selector, idle, stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+
+
 class DeadlineMemoryTests(unittest.TestCase):
     """The loop's deadline heap holds entries for open connections, not for requests served."""
 
     def test_deadline_entries_stay_bounded_by_open_connections(self) -> None:
         with ExitStack() as stack:
-            selector = stack.enter_context(selectors.DefaultSelector())
-            idle = IdleConnections(selector, timeout=3600.0, counters=RequestCounters())
-            stack.callback(idle.close_all)
+            selector, idle, listener = loop_connections(stack)
             # One silent connection: its deadline, the earliest, keeps every later one in the heap.
-            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
             silent, silent_peer = tcp_pair(listener)
             stack.enter_context(silent_peer)
             self.assertIsNone(idle.add(silent))
@@ -64,17 +72,86 @@ class DeadlineMemoryTests(unittest.TestCase):
             kept.close()
 
 
+class BlankLineMemoryTests(unittest.TestCase):
+    def test_blank_lines_between_requests_are_not_kept(self) -> None:
+        """Blank lines are skipped between requests, so the loop must not keep them either: a
+        client sending nothing but line breaks grew the loop's memory by all it sent (within
+        --timeout, at loopback speed), and the worker then parsed all of it again."""
+        with ExitStack() as stack:
+            selector, idle, listener = loop_connections(stack)
+            served, peer = tcp_pair(listener)
+            stack.enter_context(peer)
+            self.assertIsNone(idle.add(served))
+            waiting = selector.get_key(served).data
+            largest = 0
+            for _ in range(200):                    # 1.6 MB of blank lines, 8 KB at a time
+                peer.sendall(b"\r\n" * 4096)
+                for key, _ in selector.select(5):
+                    self.assertIsNone(idle.read(key.data))
+                largest = max(largest, len(waiting.head))
+            self.assertLessEqual(largest, READ_SIZE)
+            peer.sendall(build("LIST"))
+            for _ in range(100):
+                ready = next((idle.read(key.data) for key, _ in selector.select(5)), None)
+                if ready is not None:
+                    break
+            self.assertIsNotNone(ready, "the request after the blank lines never came out")
+            self.assertEqual(RequestParser().feed(ready[1]), [Request("LIST", "")])
+            served.close()
+
+
 class MinimumRateTests(unittest.TestCase):
     def test_each_window_is_judged_when_it_ends(self) -> None:
         pace = MinimumRate(rate=100, window=2, now=0)
         self.assertEqual(pace.seconds_left(0.5), 1.5)
-        self.assertTrue(pace.received_bytes(150, 1.0))     # not judged before its end
-        self.assertTrue(pace.received_bytes(50, 2.0))      # 200 in 2 s: enough, a new window
+        self.assertTrue(pace.transferred(150, 1.0))     # not judged before its end
+        self.assertTrue(pace.transferred(50, 2.0))      # 200 in 2 s: enough, a new window
         self.assertEqual(pace.seconds_left(2.0), 2)
-        self.assertTrue(pace.received_bytes(0, 3.9))
-        self.assertFalse(pace.received_bytes(0, 4.0))      # nothing in the second window
+        self.assertTrue(pace.transferred(0, 3.9))
+        self.assertFalse(pace.transferred(0, 4.0))      # nothing in the second window
         trickle = MinimumRate(rate=100, window=2, now=0)
-        self.assertFalse(all(trickle.received_bytes(1, t / 10) for t in range(1, 30)))
+        self.assertFalse(all(trickle.transferred(1, t / 10) for t in range(1, 30)))
+
+
+class SlowReaderTests(unittest.TestCase):
+    def test_a_get_read_below_the_minimum_rate_is_cut(self) -> None:
+        """A GET's reader must keep the rate an upload's sender must: each send only had to finish
+        within --timeout, so at the default a reader taking 1.1 KiB/s (64 KiB a minute) held a
+        worker for as long as the file lasted.  Here the minimum is raised so that the reader, far
+        faster than any send's timeout needs, is still too slow, and the test stays short."""
+        with ExitStack() as stack:
+            root = stack.enter_context(tempfile.TemporaryDirectory())
+            with open(os.path.join(root, "big"), "wb") as f:
+                f.write(os.urandom(3 * 1024 * 1024))
+            ctx = ServerContext(root=root, timeout=0.5, max_upload_bytes=1 << 20, temp_tag="t",
+                                counters=RequestCounters())
+            stack.enter_context(mock.patch.object(connection, "MIN_BYTES_PER_SECOND", 8 * 1024 * 1024))
+            listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            reader = socket.socket()
+            stack.enter_context(reader)
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # the buffers stay small
+            reader.connect(listener.getsockname())
+            served, _ = listener.accept()
+            stack.enter_context(served)             # the worker keeps it open after a whole reply
+            served.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            worker = threading.Thread(target=connection.serve_request, args=(served, ctx, build("GET big")),
+                                      daemon=True)
+            worker.start()
+            reader.settimeout(10)
+            received = bytearray()
+            for _ in range(200):            # 64 KiB every 20 ms at most: whole in 1.3 s or more
+                try:
+                    piece = reader.recv(64 * 1024)
+                except ConnectionResetError:
+                    piece = b""
+                received += piece
+                if not piece or received.endswith(TERMINATOR):
+                    break
+                time.sleep(0.02)
+            worker.join(10)
+            self.assertFalse(worker.is_alive())
+            self.assertFalse(received.endswith(TERMINATOR), "a reader below the minimum rate got the whole file")
+            self.assertEqual(ctx.counters.snapshot()["failed"], 1)
 
 
 class HandoffRaceTests(unittest.TestCase):
@@ -239,6 +316,21 @@ class ServerPromisesMixin:
             self.assertTrue(c.wait_closed(5))
         after = self.stats(server)
         self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]), (0, 3))
+
+    def test_requests_behind_a_bad_request_past_one_read_are_counted(self) -> None:
+        """Whole requests behind a bad one that had arrived, but beyond what was read with it,
+        count as failed too: they went uncounted (and the unread bytes turned the close into a
+        reset)."""
+        server = self.start_server(workers=2)
+        before = self.stats(server)
+        behind = 20000                  # 160 KB: far more than the loop reads at once
+        with server.connect() as c:
+            c.send(b"GET \xff\xfe" + TERMINATOR + build("LIST") * behind)
+            self.assertEqual(decode_reply(c.recv_reply(10))["status"], "ERROR")
+            self.assertTrue(c.wait_closed(10))
+        after = self.stats(server)
+        self.assertEqual((after["succeeded"] - before["succeeded"], after["failed"] - before["failed"]),
+                         (0, 1 + behind))
 
 
     def test_slow_uploads_do_not_take_every_worker(self) -> None:
