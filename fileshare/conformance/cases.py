@@ -126,6 +126,18 @@ def lower_case_command(p: Probe) -> str:
     raise informational("1.4", f"refused: {reply.describe()}")
 
 
+@case("1.5.1", "CR LF CR LF before a LIST: the blank lines are skipped, the one reply is the LIST's")
+def blank_lines_skipped(p: Probe) -> None:
+    wire = p.connect()
+    try:
+        wire.send(TERMINATOR + build_request("LIST"))
+        reply = wire.reply()
+    except NoReply as exc:
+        raise breach("1.5", "the LIST's reply", exc.describe()) from None
+    if reply.status != "OK" or not isinstance(reply.fields.get("data"), list):
+        raise breach("1.5", "OK with the list of names, the blank lines skipped", reply.describe())
+
+
 # ============================================================ 2. Connections
 
 def _closed_early(exc: NoReply, answered: int, what: str) -> Verdict:
@@ -723,7 +735,6 @@ def error_message(p: Probe) -> None:
 
 
 MALFORMED = [
-    ("10.3.1", "An empty request answers ERROR or closes", TERMINATOR, "an empty request"),
     ("10.3.2", "A request that is not UTF-8 answers ERROR or closes", b"GET \xff\xfe\xfd.bin" + TERMINATOR,
      "bytes that are not UTF-8"),
     ("10.3.3", "UPLOAD with neither name nor content answers ERROR or closes", b"UPLOAD" + TERMINATOR, "UPLOAD alone"),
