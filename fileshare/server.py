@@ -245,6 +245,7 @@ class _Loop:
         self.selector.unregister(self.listener)
         self.listener.close()
         self.stopping = True
+        self.ctx.demand.drain()     # workers give their connections back after the request in hand
         closed = self.idle.close_idle()
         log.info("stopping (signal %s): %d requests in flight, %d idle connections closed",
                  self.stop.received, len(self.in_flight), closed)

@@ -7,7 +7,7 @@ import socket
 import threading
 from typing import Callable
 
-from .connection import serve_request
+from .connection import serve_while_ready
 from .state import ServerContext
 
 
@@ -20,16 +20,22 @@ class ThreadDispatcher:
         self._hand_back = hand_back
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="worker")
         self._open: dict[socket.socket, bytes] = {}     # connection -> the bytes read from it
+        self._queued = 0                                # requests waiting for a worker thread
         self._lock = threading.Lock()
 
     def dispatch(self, conn: socket.socket, head: bytes) -> concurrent.futures.Future:
         with self._lock:
             self._open[conn] = head
+            self._queued += 1
+            self._ctx.demand.set_waiting(self._queued)
         return self._executor.submit(self._serve, conn, head)
 
     def _serve(self, conn: socket.socket, head: bytes) -> None:
+        with self._lock:
+            self._queued -= 1
+            self._ctx.demand.set_waiting(self._queued)
         try:
-            beyond = serve_request(conn, self._ctx, head)
+            beyond = serve_while_ready(conn, self._ctx, head)
         finally:
             with self._lock:
                 self._open.pop(conn, None)

@@ -156,7 +156,9 @@ class HandBackOrderTests(unittest.TestCase):
         with socket.create_server(("127.0.0.1", 0)) as listener:
             served, client = tcp_pair(listener)
         self.addCleanup(client.close)
-        worker = threading.Thread(target=handoff.give_back, args=(server.path, served, b""), daemon=True)
+        token = server.offer(served, build("LIST"))
+        claimed, _ = handoff.claim(server.path, token)
+        worker = threading.Thread(target=handoff.give_back, args=(server.path, claimed, token, b""), daemon=True)
         worker.start()
         self.assertTrue(in_loop.wait(10), "the connection never reached the loop")
         worker.join(0.5)            # long enough for an acknowledgement sent too early to arrive
