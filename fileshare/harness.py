@@ -50,12 +50,15 @@ class ServerProcess:
 
     def __init__(self, model: str, root: str | os.PathLike, workers: int, host: str = "127.0.0.1",
                  extra_args: Sequence[str] = (), stderr: Any = None, env: Mapping[str, str] | None = None,
-                 python: str = sys.executable) -> None:
-        """``python`` is the interpreter that runs the server (run_experiment's --python)."""
+                 python: str = sys.executable, checkout: str | os.PathLike | None = None) -> None:
+        """``python`` is the interpreter that runs the server (run_experiment's --python);
+        ``checkout``, another checkout of this toolkit whose server scripts to run (the benches'
+        before/after comparisons)."""
         if model not in SERVER_SCRIPTS:
             raise ValueError(f"unknown server model {model!r}; choose from {sorted(SERVER_SCRIPTS)}")
         self.model, self.workers = model, workers
-        self.command = [python, str(SERVER_SCRIPTS[model]), "--host", host, "--port", "0",
+        script = SERVER_SCRIPTS[model] if checkout is None else Path(checkout) / SERVER_SCRIPTS[model].name
+        self.command = [python, str(script), "--host", host, "--port", "0",
                         "--workers", str(workers), "--root", os.fspath(root), *extra_args]
         self.stderr, self.env = stderr, env
         self.proc: subprocess.Popen | None = None
