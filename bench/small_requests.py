@@ -37,7 +37,6 @@ import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fileshare.harness import ServerProcess  # noqa: E402
+from fileshare.harness import ServerProcess, checkout_label  # noqa: E402
 from stress_test import percentile  # noqa: E402
 
 TERMINATOR = b"\r\n\r\n"
@@ -183,6 +182,11 @@ class Cell:
         value = percentile(self.latencies + self.unanswered, share)
         return float("nan") if value is None else value * 1000
 
+    @property
+    def longest_wait_ms(self) -> float:
+        """The longest any request waited, answered or not: a starved connection shows here."""
+        return max(self.latencies + self.unanswered, default=float("nan")) * 1000
+
 
 class _Connection:
     __slots__ = ("sock", "received", "sent_at")
@@ -253,16 +257,6 @@ def drive(port: int, request: bytes, expected: bytes, connections: int, keep_ali
 
 # ---------------------------------------------------------------------- the benchmark
 
-def checkout_label(path: str) -> str:
-    """The other checkout's short commit, for the tables (its folder name if git cannot tell)."""
-    try:
-        done = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-    except OSError:
-        return Path(path).name
-    return done.stdout.strip() or Path(path).name
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0,
@@ -325,10 +319,11 @@ def report(args: argparse.Namespace, impls: list[str], cases: list[tuple], resul
            other: Optional[str]) -> None:
     print(f"\nSmall requests: replies/s, p50 and p99 latency in ms (medians of {args.rounds} rounds of "
           f"{args.seconds:g} s), server pools of {args.workers}; one client process, closed loop.")
-    print("reference: a minimal server written in the bench (a selector loop per core, no pool).")
+    print("reference: a minimal server written in the bench (a selector loop per core, no pool).  max: the "
+          "longest wait of any request in any round, those still unanswered at the end included.")
     width = max(len(impl) for impl in impls)
     header = f"{'mode':<15} {'request':<10} {'conns':>5}  {'server':<{width}} {'replies/s':>10} " \
-             f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+             f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
     print(header)
     print("-" * len(header))
     for case in cases:
@@ -339,6 +334,7 @@ def report(args: argparse.Namespace, impls: list[str], cases: list[tuple], resul
                   f"{statistics.median(c.rate for c in cells):10.0f} "
                   f"{statistics.median(c.latency_ms(50) for c in cells):8.2f} "
                   f"{statistics.median(c.latency_ms(99) for c in cells):8.2f} "
+                  f"{max(c.longest_wait_ms for c in cells):8.1f} "
                   f"{sum(c.errors for c in cells):7d}")
     print("\nRatios of replies/s: median of the rounds' ratios (lowest-highest round).")
     bases = ["thread", "reference", *([f"{other} process"] if other else [])]

@@ -319,6 +319,16 @@ def run_in_group(command: Sequence[str], timeout: float, env: dict | None = None
         kill_group(proc)             # forked clients outliving their parent
 
 
+def checkout_label(path: str | os.PathLike) -> str:
+    """Another checkout's short commit, to name its servers in a table (its folder name if git cannot tell)."""
+    try:
+        done = subprocess.run(["git", "-C", os.fspath(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return Path(path).name
+    return done.stdout.strip() or Path(path).name
+
+
 def script_path(name: str) -> Path:
     return REPO_ROOT / name
 
