@@ -337,16 +337,16 @@ def report(args: argparse.Namespace, impls: list[str], cases: list[tuple], resul
                   f"{max(c.longest_wait_ms for c in cells):8.1f} "
                   f"{sum(c.errors for c in cells):7d}")
     print("\nRatios of replies/s: median of the rounds' ratios (lowest-highest round).")
-    bases = ["thread", "reference", *([f"{other} process"] if other else [])]
-    header = f"{'mode':<15} {'request':<10} {'conns':>5}  " + " ".join(f"{'process / ' + b:>26}" for b in bases) \
-        + f" {'thread / reference':>26}"
+    pairs = [("process", "thread"), ("process", "reference"), ("thread", "reference")]
+    if other:
+        pairs += [("process", f"{other} process"), ("thread", f"{other} thread")]
+    header = f"{'mode':<15} {'request':<10} {'conns':>5}  " + " ".join(f"{a + ' / ' + b:>26}" for a, b in pairs)
     print(header)
     print("-" * len(header))
     for case in cases:
         mode, name, n = case
-        print(f"{mode:<15} {name:<10} {n:>5}  " + " ".join(f"{ratio_text(results, case, 'process', b):>26}"
-                                                         for b in bases)
-              + f" {ratio_text(results, case, 'thread', 'reference'):>26}")
+        print(f"{mode:<15} {name:<10} {n:>5}  " + " ".join(f"{ratio_text(results, case, a, b):>26}"
+                                                         for a, b in pairs))
     print("\nTargets (issue 20):")
     for name in REQUESTS:
         case = ("keep-alive", name, 5)
@@ -354,7 +354,8 @@ def report(args: argparse.Namespace, impls: list[str], cases: list[tuple], resul
             continue
         print(f"  5 keep-alive connections, {name}: process / thread {ratio_text(results, case, 'process', 'thread')}"
               f" (target >= 0.9)" + (f"; process / {other} process "
-                                      f"{ratio_text(results, case, 'process', f'{other} process')} (target >= 0.8)"
+                                      f"{ratio_text(results, case, 'process', f'{other} process')} (target >= 0.8 "
+                                      f"when {other} is bcd0cb6, the design before the accept loop)"
                                       if other else ""))
     for mode in MODES:
         for name in REQUESTS:
