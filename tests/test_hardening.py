@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from unittest import mock
 
 from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply, trickle_until_closed, wait_until
-from tests.test_idle import IdleTestsMixin
+from tests.test_idle import IdleFixtures
 from tests.test_servers import OLD
 
 from fileshare import handoff
@@ -169,16 +169,8 @@ class HandBackOrderTests(unittest.TestCase):
         self.assertFalse(worker.is_alive())
 
 
-class ServerPromisesMixin:
+class ServerPromisesMixin(IdleFixtures):
     """Both servers: what a client sends is answered or counted, whatever its timing."""
-
-    KIND = ""
-    # The idle tests' fixtures, without their tests.
-    setUp = IdleTestsMixin.setUp
-    start_server = IdleTestsMixin.start_server
-    put = IdleTestsMixin.put
-    crowd = IdleTestsMixin.crowd
-    stats = IdleTestsMixin.stats
 
     def test_a_pause_inside_the_terminator_keeps_the_connection_in_step(self) -> None:
         server = self.start_server(workers=2)

@@ -14,19 +14,12 @@ import unittest
 from contextlib import ExitStack
 
 from tests.support import build, decode_reply, wait_until
-from tests.test_idle import IdleTestsMixin
+from tests.test_idle import IdleFixtures
 
 BATCH = 500         # requests a busy client keeps in flight, so its next one is always there
 
 
-class LingerTestsMixin:
-    KIND = ""
-    setUp = IdleTestsMixin.setUp
-    start_server = IdleTestsMixin.start_server
-    put = IdleTestsMixin.put
-    crowd = IdleTestsMixin.crowd
-    stats = IdleTestsMixin.stats
-
+class LingerTestsMixin(IdleFixtures):
     def test_a_busy_connection_is_handed_back_when_another_waits(self) -> None:
         """A client that always has hundreds of requests there would keep the only worker for
         ever if the worker did not look whether another connection waits."""
