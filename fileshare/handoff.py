@@ -61,10 +61,11 @@ def _remove_stale_folders() -> None:
 class HandoffServer:
     """Parent side: keeps connections until a worker claims them, takes them back after."""
 
-    def __init__(self, given_back: Callable[[socket.socket, bytes], None], demand: Demand | None = None) -> None:
+    def __init__(self, given_back: Callable[[socket.socket, bytes], None], demand: Demand | None = None,
+                 workers: int = 1) -> None:
         """``given_back(conn, beyond)`` receives each connection a worker returns (on the
         handoff thread), with the bytes the worker read beyond its request.  ``demand`` is
-        told how many connections wait for a worker to collect them."""
+        told how many connections wait for one of the ``workers`` to collect them."""
         _remove_stale_folders()
         # Mode 0700: ours alone. The PID in the name tells a later server whether it is stale.
         self._dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
@@ -74,7 +75,7 @@ class HandoffServer:
         self._listener.listen(128)
         self._given_back = given_back
         self._pending: dict[bytes, tuple[socket.socket, bytes]] = {}
-        self._demand = demand or Demand()
+        self._demand, self._workers = demand or Demand(), workers
         # Our copy of each connection a worker collected, kept until its task is settled: a stop
         # can then cut the worker's transfer (shutdown), and the worker counts the outcome itself.
         self._claimed: dict[bytes, socket.socket] = {}
@@ -96,7 +97,7 @@ class HandoffServer:
         token = secrets.token_bytes(TOKEN_BYTES)
         with self._lock:
             self._pending[token] = (conn, head)
-            self._demand.set_waiting(len(self._pending))
+            self._publish_demand()
         return token
 
     def holds(self, token: bytes) -> bool:
@@ -130,7 +131,7 @@ class HandoffServer:
         with self._lock:
             self._transit_over.wait_for(lambda: token not in self._in_transit, TRANSIT_SECONDS)
             kept = self._pending.pop(token, None)
-            self._demand.set_waiting(len(self._pending))
+            self._publish_demand()
             ours = self._claimed.pop(token, None)
         if ours is not None:
             ours.close()
@@ -189,6 +190,7 @@ class HandoffServer:
             with self._lock:
                 # Our own copy goes back to the loop: the worker's need not travel again.
                 conn = None if self._closed else self._claimed.pop(token, None)
+                self._publish_demand()
             if conn is None:        # cut and closed by a stop: the worker counts what it had read
                 _send_message(channel, GONE, b"")
                 return True
@@ -201,7 +203,7 @@ class HandoffServer:
             raise ConnectionError(f"unexpected handoff message {kind!r}")
         with self._lock:
             kept = None if self._cutting else self._pending.pop(payload, None)
-            self._demand.set_waiting(len(self._pending))
+            self._publish_demand()
             if kept is not None:
                 self._in_transit.add(payload)
         if kept is None:
@@ -215,7 +217,7 @@ class HandoffServer:
                 self._end_transit(payload)
                 if not self._closed:
                     self._pending[payload] = kept
-                    self._demand.set_waiting(len(self._pending))
+                    self._publish_demand()
                     kept = None
             if kept is not None:
                 conn.close()
@@ -224,9 +226,16 @@ class HandoffServer:
             self._end_transit(payload)
             if not self._closed:
                 self._claimed[payload] = conn
+                self._publish_demand()
                 return True
         conn.close()
         return True
+
+    def _publish_demand(self) -> None:
+        """Tell the workers how many connections wait for one of them beyond the idle ones.
+        Called with the lock held: one writer at a time."""
+        busy = len(self._claimed) + len(self._in_transit)
+        self._demand.set_waiting(len(self._pending), busy, self._workers)
 
     def _end_transit(self, token: bytes) -> None:
         """Called with the lock held."""

@@ -127,7 +127,7 @@ class ProcessDispatcher:
     def start(self, ctx: ServerContext, workers: int,
               hand_back: Callable[[socket.socket, bytes], None]) -> None:
         self._ctx, self._workers = ctx, workers
-        self._handoff = HandoffServer(hand_back, ctx.demand)
+        self._handoff = HandoffServer(hand_back, ctx.demand, workers)
         self._lock = threading.Lock()           # guards the pool: one replacement at a time
         self._closing = False
         self._executor: concurrent.futures.ProcessPoolExecutor | None = self._new_pool()

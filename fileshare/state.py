@@ -99,8 +99,10 @@ class Demand:
         self._waiting = ctx.RawValue("q", 0)
         self._draining = ctx.RawValue("b", 0)      # a stop began: every worker gives its connection back
 
-    def set_waiting(self, count: int) -> None:
-        self._waiting.value = count
+    def set_waiting(self, queued: int, busy: int, workers: int) -> None:
+        """``queued`` requests wait for a worker, ``busy`` of the ``workers`` hold a connection.
+        A request an idle worker is about to take waits for no one's connection to be given back."""
+        self._waiting.value = max(0, queued + busy - workers)
 
     def drain(self) -> None:
         self._draining.value = 1
