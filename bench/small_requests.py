@@ -355,7 +355,7 @@ def report(args: argparse.Namespace, impls: list[str], cases: list[tuple], resul
         print(f"  5 keep-alive connections, {name}: process / thread {ratio_text(results, case, 'process', 'thread')}"
               f" (target >= 0.9)" + (f"; process / {other} process "
                                       f"{ratio_text(results, case, 'process', f'{other} process')} (target >= 0.8 "
-                                      f"when {other} is bcd0cb6, the design before the accept loop)"
+                                      f"against bcd0cb6, the design before the accept loop)"
                                       if other else ""))
     for mode in MODES:
         for name in REQUESTS:
