@@ -4,6 +4,7 @@
     python bench/bench.py              # about 2.5 minutes on 2 cores
     python bench/bench.py --skip-crowd # without the 50-client memory check
     python bench/bench.py --quick      # a few seconds: shows the bench works, numbers mean little
+    python bench/bench.py --other ../before --main-only   # also another checkout's servers, side by side
 
 The ceiling is a minimal streaming pipeline written here (file -> base64 ->
 loopback socket -> strict decode -> file), with no protocol, no checks and no
@@ -44,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stress_test  # noqa: E402
 from client_worker import FileClient  # noqa: E402
-from fileshare.harness import ServerProcess, child_pids, script_path, tree_cpu_seconds, vm_hwm  # noqa: E402
+from fileshare.harness import (ServerProcess, checkout_label, child_pids, script_path, tree_cpu_seconds,  # noqa: E402
+                               vm_hwm)
 from fileshare.protocol import RAW_CHUNK, encode_chunk, StrictBase64Decoder  # noqa: E402
 from fileshare.streaming import RECV_CHUNK, ReceiveBuffer  # noqa: E402
 # Unix-only (not on Windows): imported after the package, which stops on another platform with one line.
@@ -282,6 +284,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="rounds of the load-generator section (default: %(default)s)")
     parser.add_argument("--skip-crowd", action="store_true",
                         help="skip the memory check with 50 clients in one process (about a minute)")
+    parser.add_argument("--other", metavar="CHECKOUT",
+                        help="another checkout of this toolkit (e.g. a git worktree of an older commit) whose two "
+                             "servers run beside ours in the main cases, driven by our client")
+    parser.add_argument("--main-only", action="store_true",
+                        help="only the main cases: no scaling, load-generator or crowd sections")
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: 1 round, 4 MiB files, scaling over 1/2/4 MiB and 1/2/5 clients, "
                              "no crowd check; shows that the bench works, its numbers mean little")
@@ -303,29 +310,41 @@ def main(argv: Optional[list[str]] = None) -> int:
         main_file = os.path.join(served, f"file-{args.size_mb}.bin")
         servers = {model: ServerProcess(model, served, args.workers, extra_args=["--log-level", "WARNING"]).start()
                    for model in ("thread", "process")}
+        others: dict[str, ServerProcess] = {}
         try:
+            if args.other:
+                label = checkout_label(args.other)
+                others = {f"{label} {model}": ServerProcess(model, served, args.workers, checkout=args.other,
+                                                            extra_args=["--log-level", "WARNING"]).start()
+                          for model in ("thread", "process")}
             results: dict[tuple, list[Measurement]] = {}
             cases = [(op, n) for op in ("download", "upload") for n in (1, args.clients)]
             for round_no in range(args.rounds):
                 for op, clients in cases:
-                    for impl in IMPLEMENTATIONS:
+                    for impl in (*IMPLEMENTATIONS, *others):
                         if impl in ("ceiling", "verified"):
                             r = run_ceiling(op, main_file, scratch, clients, verify=impl == "verified")
                         else:
-                            r = run_clients(_our_client, servers[impl].port, op, main_file, scratch, clients,
-                                            server_pid=servers[impl].pid)
+                            server = servers.get(impl) or others[impl]
+                            r = run_clients(_our_client, server.port, op, main_file, scratch, clients,
+                                            server_pid=server.pid)
                         results.setdefault((op, clients, impl), []).append(r)
                         _clean(scratch, set())
                         _clean(served, keep)
                 print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-            scaling = measure_scaling(servers, served, scratch, keep, sizes, crowds)
-            cells = measure_load_generator(servers, args.size_mb, args.cell_clients, args.cell_rounds)
-            report(args, results, scaling, servers)
-            report_load_generator(args, cells)
-            if not args.skip_crowd:
-                report_crowd(args.size_mb)
+            if args.main_only:
+                report_main(args, results)
+            else:
+                scaling = measure_scaling(servers, served, scratch, keep, sizes, crowds)
+                cells = measure_load_generator(servers, args.size_mb, args.cell_clients, args.cell_rounds)
+                report(args, results, scaling, servers)
+                report_load_generator(args, cells)
+                if not args.skip_crowd:
+                    report_crowd(args.size_mb)
+            if others:
+                report_other(args, results, list(others))
         finally:
-            for server in servers.values():
+            for server in (*servers.values(), *others.values()):
                 server.stop()
     return 0
 
@@ -385,6 +404,27 @@ def median_ratio(results: dict, case: tuple, impl: str, base: str) -> float:
 
 
 def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict) -> None:
+    report_main(args, results)
+    report_servers(args, results, scaling, servers)
+
+
+def report_other(args: argparse.Namespace, results: dict, others: list[str]) -> None:
+    """Our servers beside another checkout's, case by case: MB/s and the rounds' ratios."""
+    print(f"\nBeside another checkout's servers (same client, same rounds): MB/s medians; ours / theirs "
+          f"as the median of each round's ratio (lowest-highest round).")
+    print(f"{'case':<20} {'server':<8} {'ours':>8} {'theirs':>8} {'ours / theirs':>22}")
+    for case in [(op, n) for op in ("download", "upload") for n in (1, args.clients)]:
+        op, clients = case
+        label = f"{op}, {clients} client{'s' if clients > 1 else ''}"
+        for other in others:
+            model = other.split()[-1]
+            ratios = [r.mbps / o.mbps for r, o in zip(results[(*case, model)], results[(*case, other)])]
+            print(f"{label:<20} {model:<8} {statistics.median(r.mbps for r in results[(*case, model)]):8.1f} "
+                  f"{statistics.median(r.mbps for r in results[(*case, other)]):8.1f} "
+                  f"{statistics.median(ratios):>8.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+
+
+def report_main(args: argparse.Namespace, results: dict) -> None:
     print(f"\nPayload MB/s (10^6 B/s of file content), {args.size_mb} MiB files, median of {args.rounds} rounds, "
           f"server pools of {args.workers}; several = {args.clients} client processes.")
     print("ceiling: the minimal pipeline; +sha256: the same, its receiving side also hashing what it decoded "
@@ -416,6 +456,9 @@ def report(args: argparse.Namespace, results: dict, scaling: dict, servers: dict
         op, clients = case
         label = f"{op}, {clients} client{'s' if clients > 1 else ''}"
         print(f"{label:<20} " + "   ".join(columns))
+
+
+def report_servers(args: argparse.Namespace, results: dict, scaling: dict, servers: dict) -> None:
     print("\nPeak RSS of the servers (VmHWM, largest of the server and its workers):")
     for model, server in servers.items():
         print(f"  {model:<8} {peak_rss(server.pid) / MIB:6.1f} MiB")

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import protocol
 from .protocol import (GET_REPLY_SUFFIX, ProtocolError, Request, RequestParser, UploadData, UploadEnd,
-                       UploadStart, error_reply, get_reply_prefix, ok_reply)
+                       UploadStart, error_reply, get_reply_prefix, head_complete, ok_reply)
 from .state import ServerContext
 from .store import FileError, PendingUpload, delete_file, list_names, open_for_get
 from .streaming import ReceiveBuffer, iter_encoded, peer_name, read_arrived, receive_size
@@ -64,6 +64,15 @@ class MinimumRate:
             return False
         self.window_end, self.received = now + self.window, 0
         return True
+
+
+# How long a worker keeps a connection after a reply, waiting for its next request, when no other
+# connection waits for a worker: long enough for a client's next request sent back to back on a
+# busy machine, short beside the wait a fair turn may add (see bench/small_requests.py).
+LINGER_SECONDS = 0.005
+LINGER_CHECK_SECONDS = 0.001    # how soon a lingering worker sees that another connection waits
+LINGER_READ = 64 * 1024
+ENCODED_CHUNK = protocol.encoded_size(protocol.RAW_CHUNK)    # a full piece: more may follow
 
 
 class ConnectionClosed(Exception):
@@ -234,11 +243,20 @@ class Connection:
     def _get(self, name: str) -> None:
         source = open_for_get(self.ctx.root, name)
         with source:
+            pieces = iter_encoded(source)
+            first = next(pieces, b"")
+            prefix = get_reply_prefix(name, self.ctx.get_key)
+            if len(first) < ENCODED_CHUNK:
+                # The whole content in one piece: the whole reply in one send, not three (each
+                # a packet and a wake-up of the client, which for a small file cost more than it).
+                self._reply_counted(b"".join((prefix, first, GET_REPLY_SUFFIX)))
+                return
             try:
                 self.replying = True
-                self.sock.sendall(get_reply_prefix(name, self.ctx.get_key))
+                self.sock.sendall(prefix)
                 pace = MinimumRate(MIN_BYTES_PER_SECOND, self.ctx.timeout, time.monotonic())
-                for piece in iter_encoded(source):
+                self._send_paced(first, pace)
+                for piece in pieces:
                     self._send_paced(piece, pace)
             except OSError:
                 # Half a reply is out: no ERROR can follow it, only a hang-up.
@@ -351,6 +369,47 @@ class _RejectedUpload:
     def __init__(self, message: str) -> None:
         self.error = message
         self.drained = 0
+
+
+def serve_while_ready(sock: socket.socket, ctx: ServerContext, head: bytes) -> bytes | None:
+    """Serve the request ``head`` begins, then the connection's next ones while each is there at
+    once or within LINGER_SECONDS, as long as no other connection waits for a worker.
+
+    Handing a connection back to the loop and over to a worker again costs more than a small
+    request itself (for the process server, two descriptor passings and several wake-ups), so a
+    busy keep-alive client is served straight on; a quiet one, or one whose turn is over because
+    another waits, goes back.  Returns what :func:`serve_request` does, for the last request.
+    """
+    while True:
+        beyond = serve_request(sock, ctx, head)
+        if beyond is None or ctx.demand.others_waiting():
+            return beyond
+        if not head_complete(beyond):
+            beyond = _linger(sock, beyond, ctx)
+            if not head_complete(beyond) or ctx.demand.others_waiting():
+                return beyond
+        head = beyond
+
+
+def _linger(sock: socket.socket, received: bytes, ctx: ServerContext) -> bytes:
+    """Read what arrives within LINGER_SECONDS until a whole head is there, or until another
+    connection waits for a worker (looked at every LINGER_CHECK_SECONDS); return all read."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    try:
+        while (left := deadline - time.monotonic()) > 0 and not ctx.demand.others_waiting():
+            sock.settimeout(min(left, LINGER_CHECK_SECONDS))
+            try:
+                data = sock.recv(LINGER_READ)
+            except socket.timeout:
+                continue
+            if not data:
+                break           # the loop sees the end of input again, and acts on it
+            received += data
+            if head_complete(received):
+                break
+    except OSError:             # reset: the loop sees it too, and acts on it
+        pass
+    return received
 
 
 def serve_request(sock: socket.socket, ctx: ServerContext, head: bytes) -> bytes | None:

@@ -6,11 +6,12 @@ after the parent may have closed its copy).  Instead the parent keeps each
 connection whose request has arrived under a random token, with the bytes it
 already read, and sends only the token through the pool; the worker that runs
 the task asks the parent for it over a private Unix socket and receives a
-duplicate of the descriptor with SCM_RIGHTS, and those bytes.  Only then does
-the parent close its copy, so nothing is lost whichever worker runs the task,
-however often workers are reused.  Once its request is answered the worker
-gives the connection back the same way, with any bytes it read beyond that
-request, and closes its own copy: between requests the parent's loop owns it.
+duplicate of the descriptor with SCM_RIGHTS, and those bytes, so nothing is
+lost whichever worker runs the task, however often workers are reused.  The
+parent keeps its own copy while a worker holds the connection; once the worker is done with it, it sends back only the
+token, with any bytes it read beyond its last request, and closes its copy: the
+parent's copy goes back to the loop, which owns the connection between requests.
+Each worker process keeps one channel open to the parent for all of this.
 
 Every message on the channel is one kind byte, a 4-byte length and that many
 bytes; a descriptor, when there is one, travels with the first byte.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import selectors
 import shutil
 import socket
 import stat
@@ -29,6 +31,7 @@ import tempfile
 import threading
 from typing import Callable
 
+from .state import Demand
 from .store import stale_leftovers
 
 log = logging.getLogger("fileserver.handoff")
@@ -41,6 +44,7 @@ TAKEN = b"T"                          # the parent's answer to a return: the loo
 _HEADER = struct.Struct("!cI")
 CHANNEL_SECONDS = 10.0                # the most one message on the channel may take
 TRANSIT_SECONDS = CHANNEL_SECONDS + 5.0   # the most withdraw() waits for a socket on its way
+CLOSED_CHECK_SECONDS = 1.0            # how soon the handoff thread notices close()
 
 
 def _remove_stale_folders() -> None:
@@ -57,9 +61,11 @@ def _remove_stale_folders() -> None:
 class HandoffServer:
     """Parent side: keeps connections until a worker claims them, takes them back after."""
 
-    def __init__(self, given_back: Callable[[socket.socket, bytes], None]) -> None:
+    def __init__(self, given_back: Callable[[socket.socket, bytes], None], demand: Demand | None = None,
+                 workers: int = 1) -> None:
         """``given_back(conn, beyond)`` receives each connection a worker returns (on the
-        handoff thread), with the bytes the worker read beyond its request."""
+        handoff thread), with the bytes the worker read beyond its request.  ``demand`` is
+        told how many connections wait for one of the ``workers`` to collect them."""
         _remove_stale_folders()
         # Mode 0700: ours alone. The PID in the name tells a later server whether it is stale.
         self._dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
@@ -69,6 +75,7 @@ class HandoffServer:
         self._listener.listen(128)
         self._given_back = given_back
         self._pending: dict[bytes, tuple[socket.socket, bytes]] = {}
+        self._demand, self._workers = demand or Demand(), workers
         # Our copy of each connection a worker collected, kept until its task is settled: a stop
         # can then cut the worker's transfer (shutdown), and the worker counts the outcome itself.
         self._claimed: dict[bytes, socket.socket] = {}
@@ -90,6 +97,7 @@ class HandoffServer:
         token = secrets.token_bytes(TOKEN_BYTES)
         with self._lock:
             self._pending[token] = (conn, head)
+            self._publish_demand()
         return token
 
     def holds(self, token: bytes) -> bool:
@@ -123,6 +131,7 @@ class HandoffServer:
         with self._lock:
             self._transit_over.wait_for(lambda: token not in self._in_transit, TRANSIT_SECONDS)
             kept = self._pending.pop(token, None)
+            self._publish_demand()
             ours = self._claimed.pop(token, None)
         if ours is not None:
             ours.close()
@@ -139,41 +148,67 @@ class HandoffServer:
         return head
 
     def _serve(self) -> None:
-        while True:
-            try:
-                channel, _ = self._listener.accept()
-            except OSError:
-                return             # closed: the server is stopping
-            with channel:
+        """Answer every worker's channel (one per worker process, kept open) until closed."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._closed:
                 try:
-                    self._answer(channel)
-                except OSError as exc:
-                    log.warning("a worker failed to collect or return a connection: %s", exc)
+                    ready = selector.select(CLOSED_CHECK_SECONDS)   # close() cannot wake it otherwise
+                except (OSError, ValueError):
+                    return         # the listener was closed: the server is stopping
+                for key, _ in ready:
+                    if key.fileobj is self._listener:
+                        try:
+                            channel, _ = self._listener.accept()
+                        except OSError:
+                            return
+                        channel.settimeout(CHANNEL_SECONDS)
+                        selector.register(channel, selectors.EVENT_READ)
+                        continue
+                    channel = key.fileobj
+                    try:
+                        if self._answer(channel):
+                            continue
+                    except OSError as exc:
+                        log.warning("a worker failed to collect or return a connection: %s", exc)
+                    selector.unregister(channel)        # the worker is gone, or broke the protocol
+                    channel.close()
+            for key in list(selector.get_map().values()):
+                if key.fileobj is not self._listener:
+                    key.fileobj.close()
 
-    def _answer(self, channel: socket.socket) -> None:
-        channel.settimeout(CHANNEL_SECONDS)
-        kind, payload, fds = _receive_message(channel)
-        if kind == GIVE_BACK and len(fds) == 1:
-            conn = socket.socket(fileno=fds[0])
-            if self._closed:
-                conn.close()        # no TAKEN: the worker counts what it had read as unanswered
-                return
-            self._given_back(conn, payload)
+    def _answer(self, channel: socket.socket) -> bool:
+        """Answer one message; False once the worker closed its channel (it exited)."""
+        message = _receive_message(channel)
+        if message is None:
+            return False
+        kind, payload, fds = message
+        for fd in fds:              # no message carries a descriptor to us
+            os.close(fd)
+        if kind == GIVE_BACK:
+            token, beyond = payload[:TOKEN_BYTES], payload[TOKEN_BYTES:]
+            with self._lock:
+                # Our own copy goes back to the loop: the worker's need not travel again.
+                conn = None if self._closed else self._claimed.pop(token, None)
+                self._publish_demand()
+            if conn is None:        # cut and closed by a stop: the worker counts what it had read
+                _send_message(channel, GONE, b"")
+                return True
+            self._given_back(conn, beyond)
             # Only now may the worker's task end: the server counts a connection as in flight
             # until then, so it is always counted somewhere (--max-connections).
             _send_message(channel, TAKEN, b"")
-            return
-        for fd in fds:
-            os.close(fd)
+            return True
         if kind != CLAIM:
             raise ConnectionError(f"unexpected handoff message {kind!r}")
         with self._lock:
             kept = None if self._cutting else self._pending.pop(payload, None)
+            self._publish_demand()
             if kept is not None:
                 self._in_transit.add(payload)
         if kept is None:
             _send_message(channel, GONE, b"")
-            return
+            return True
         conn, head = kept
         try:
             _send_message(channel, FOUND, head, conn.fileno())
@@ -182,6 +217,7 @@ class HandoffServer:
                 self._end_transit(payload)
                 if not self._closed:
                     self._pending[payload] = kept
+                    self._publish_demand()
                     kept = None
             if kept is not None:
                 conn.close()
@@ -190,8 +226,16 @@ class HandoffServer:
             self._end_transit(payload)
             if not self._closed:
                 self._claimed[payload] = conn
-                return
+                self._publish_demand()
+                return True
         conn.close()
+        return True
+
+    def _publish_demand(self) -> None:
+        """Tell the workers how many connections wait for one of them beyond the idle ones.
+        Called with the lock held: one writer at a time."""
+        busy = len(self._claimed) + len(self._in_transit)
+        self._demand.set_waiting(len(self._pending), busy, self._workers)
 
     def _end_transit(self, token: bytes) -> None:
         """Called with the lock held."""
@@ -213,13 +257,40 @@ class HandoffServer:
         return [head for _, head in leftovers]
 
 
+_channels: dict[str, socket.socket] = {}     # this process's channel to each handoff server
+_channels_pid = 0
+
+
+def _exchange(path: str, kind: bytes, payload: bytes) -> tuple[bytes, bytes, list[int]]:
+    """Worker side: send one message on this process's channel to the server at ``path`` (opened on
+    first use and kept: a connection per message cost the server an accept and a close every time)
+    and return its answer.  Raises OSError if the server is not there any more."""
+    global _channels_pid
+    if _channels_pid != os.getpid():            # inherited through a fork: not ours to use
+        _channels.clear()
+        _channels_pid = os.getpid()
+    channel = _channels.get(path)
+    try:
+        if channel is None:
+            channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            channel.settimeout(CHANNEL_SECONDS)
+            channel.connect(path)
+            _channels[path] = channel
+        _send_message(channel, kind, payload)
+        answer = _receive_message(channel)
+        if answer is None:
+            raise ConnectionError("handoff channel closed by the server")
+        return answer
+    except BaseException:
+        _channels.pop(path, None)
+        if channel is not None:
+            channel.close()
+        raise
+
+
 def claim(path: str, token: bytes) -> tuple[socket.socket, bytes] | None:
     """Worker side: collect the socket kept under ``token`` and the bytes read from it; None if it is gone."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
-        channel.settimeout(CHANNEL_SECONDS)
-        channel.connect(path)
-        _send_message(channel, CLAIM, token)
-        kind, head, fds = _receive_message(channel)
+    kind, head, fds = _exchange(path, CLAIM, token)
     if kind != FOUND or len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -227,14 +298,16 @@ def claim(path: str, token: bytes) -> tuple[socket.socket, bytes] | None:
     return socket.socket(fileno=fds[0]), head
 
 
-def give_back(path: str, conn: socket.socket, beyond: bytes) -> None:
-    """Worker side: return ``conn`` to the parent with the bytes read beyond its request, and close
-    this copy.  Raises OSError if the parent is not listening any more (the connection is then closed)."""
-    with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
-        channel.settimeout(CHANNEL_SECONDS)
-        channel.connect(path)
-        _send_message(channel, GIVE_BACK, beyond, conn.fileno())
-        _receive_message(channel)           # TAKEN, or the channel closed by a stopping parent
+def give_back(path: str, conn: socket.socket, token: bytes, beyond: bytes) -> None:
+    """Worker side: return the connection claimed by ``token`` to the parent, with the bytes read
+    beyond its request, and close this copy (the parent kept its own).  Raises OSError if the
+    parent no longer holds it (a stop cut it) or is not listening any more."""
+    with conn:
+        kind, _, fds = _exchange(path, GIVE_BACK, token + beyond)
+    for fd in fds:
+        os.close(fd)
+    if kind != TAKEN:
+        raise ConnectionError("the server no longer holds the connection")
 
 
 def _send_message(channel: socket.socket, kind: bytes, payload: bytes, fd: int | None = None) -> None:
@@ -247,12 +320,15 @@ def _send_message(channel: socket.socket, kind: bytes, payload: bytes, fd: int |
         channel.sendall(message[sent:])
 
 
-def _receive_message(channel: socket.socket) -> tuple[bytes, bytes, list[int]]:
-    """(kind, payload, descriptors) of one message; the descriptors arrive with its first byte."""
+def _receive_message(channel: socket.socket) -> tuple[bytes, bytes, list[int]] | None:
+    """(kind, payload, descriptors) of one message, None if the channel closed before it; the
+    descriptors arrive with its first byte."""
     first, fds, _, _ = socket.recv_fds(channel, _HEADER.size, 1)
     try:
         if not first:
-            raise ConnectionError("handoff channel closed early")
+            for fd in fds:
+                os.close(fd)
+            return None
         header = first + _recv_exactly(channel, _HEADER.size - len(first))
         kind, size = _HEADER.unpack(header)
         return kind, _recv_exactly(channel, size), fds

@@ -51,12 +51,15 @@ class ServerProcess:
 
     def __init__(self, model: str, root: str | os.PathLike, workers: int, host: str = "127.0.0.1",
                  extra_args: Sequence[str] = (), stderr: Any = None, env: Mapping[str, str] | None = None,
-                 python: str = sys.executable) -> None:
-        """``python`` is the interpreter that runs the server (run_experiment's --python)."""
+                 python: str = sys.executable, checkout: str | os.PathLike | None = None) -> None:
+        """``python`` is the interpreter that runs the server (run_experiment's --python);
+        ``checkout``, another checkout of this toolkit whose server scripts to run (the benches'
+        before/after comparisons)."""
         if model not in SERVER_SCRIPTS:
             raise ValueError(f"unknown server model {model!r}; choose from {sorted(SERVER_SCRIPTS)}")
         self.model, self.workers = model, workers
-        self.command = [python, str(SERVER_SCRIPTS[model]), "--host", host, "--port", "0",
+        script = SERVER_SCRIPTS[model] if checkout is None else Path(checkout) / SERVER_SCRIPTS[model].name
+        self.command = [python, str(script), "--host", host, "--port", "0",
                         "--workers", str(workers), "--root", os.fspath(root), *extra_args]
         self.stderr, self.env = stderr, env
         self.proc: subprocess.Popen | None = None
@@ -315,6 +318,16 @@ def run_in_group(command: Sequence[str], timeout: float, env: dict | None = None
             kill_group(proc)
             proc.wait()
         kill_group(proc)             # forked clients outliving their parent
+
+
+def checkout_label(path: str | os.PathLike) -> str:
+    """Another checkout's short commit, to name its servers in a table (its folder name if git cannot tell)."""
+    try:
+        done = subprocess.run(["git", "-C", os.fspath(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return Path(path).name
+    return done.stdout.strip() or Path(path).name
 
 
 def script_path(name: str) -> Path:

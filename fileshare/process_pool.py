@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable
 
-from .connection import serve_request
+from .connection import serve_while_ready
 from .handoff import HandoffServer, claim, close_inherited_sockets, give_back
 from .protocol import error_reply
 from .state import ServerContext
@@ -99,11 +99,11 @@ def _serve_handed_off(token: bytes) -> None:
     if claimed is None:
         return
     conn, head = claimed
-    beyond = serve_request(conn, _worker_ctx, head)
+    beyond = serve_while_ready(conn, _worker_ctx, head)
     if beyond is None:
         return                      # closed: nothing to give back
     try:
-        give_back(_handoff_path, conn, beyond)
+        give_back(_handoff_path, conn, token, beyond)
     except OSError as exc:          # the server stopped listening (past its grace period)
         log.info("could not give a connection back to the server: %s", exc)
         _worker_ctx.counters.unanswered(beyond)
@@ -127,7 +127,7 @@ class ProcessDispatcher:
     def start(self, ctx: ServerContext, workers: int,
               hand_back: Callable[[socket.socket, bytes], None]) -> None:
         self._ctx, self._workers = ctx, workers
-        self._handoff = HandoffServer(hand_back)
+        self._handoff = HandoffServer(hand_back, ctx.demand, workers)
         self._lock = threading.Lock()           # guards the pool: one replacement at a time
         self._closing = False
         self._executor: concurrent.futures.ProcessPoolExecutor | None = self._new_pool()

@@ -11,6 +11,7 @@ choose the executor.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import logging
 import multiprocessing
@@ -223,6 +224,12 @@ class _Loop:
         self.selector = selectors.DefaultSelector()
         self.idle = IdleConnections(self.selector, ctx.timeout, ctx.counters)
         self.in_flight: set[concurrent.futures.Future] = set()
+        # Each connection a worker has, by the future of its dispatch: counted open until it is
+        # handed back or its future ends. Kept by this thread alone (futures end elsewhere and
+        # are only noted in `finished`), so a connection back in the loop before its future ends
+        # (a worker lingers, a process pool reports late) is not counted twice.
+        self.at_workers: dict[socket.socket, concurrent.futures.Future] = {}
+        self.finished: "collections.deque[tuple[socket.socket, concurrent.futures.Future]]" = collections.deque()
         self.stopping = False
 
     def __enter__(self) -> "_Loop":
@@ -245,6 +252,7 @@ class _Loop:
         self.selector.unregister(self.listener)
         self.listener.close()
         self.stopping = True
+        self.ctx.demand.drain()     # workers give their connections back after the request in hand
         closed = self.idle.close_idle()
         log.info("stopping (signal %s): %d requests in flight, %d idle connections closed",
                  self.stop.received, len(self.in_flight), closed)
@@ -273,6 +281,7 @@ class _Loop:
                 self._dispatch(self.idle.read(key.data))
         for ready in self.idle.expire():
             self._dispatch(ready)
+        self._forget_finished()         # every turn: what it holds stays bounded by one turn's work
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
@@ -288,9 +297,8 @@ class _Loop:
             # Replies go out as a few writes (prefix, content, suffix); Nagle would hold the last.
             # Set once here: the option stays with the socket through every worker it visits.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # A connection on its way back from a worker is in hand_backs before its request's
-            # future is done, so each open connection is counted at least once here.
-            open_now = len(self.idle) + len(self.in_flight) + len(self.hand_backs)
+            self._forget_finished()
+            open_now = len(self.idle) + len(self.at_workers)
             if open_now >= self.max_connections and not self.idle.close_oldest():
                 log.warning("--max-connections %d reached with every connection busy: closing a new one",
                             self.max_connections)
@@ -298,7 +306,14 @@ class _Loop:
                 continue
             self._dispatch(self.idle.add(conn))
 
+    def _forget_finished(self) -> None:
+        while self.finished:
+            conn, future = self.finished.popleft()
+            if self.at_workers.get(conn) is future:     # not handed back: the worker closed it
+                del self.at_workers[conn]
+
     def _handed_back(self, conn: socket.socket, beyond: bytes) -> None:
+        self.at_workers.pop(conn, None)
         if self.stopping:
             self.ctx.counters.unanswered(beyond)
             conn.close()
@@ -312,6 +327,8 @@ class _Loop:
         conn.setblocking(True)
         future = self.dispatcher.dispatch(conn, head)
         self.in_flight.add(future)
+        self.at_workers[conn] = future
+        future.add_done_callback(lambda done: self.finished.append((conn, done)))
         future.add_done_callback(self.in_flight.discard)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .protocol import requests_begun
@@ -84,6 +84,34 @@ class RequestCounters:
         return {"succeeded": succeeded, "failed": failed, "connections": connections}
 
 
+class Demand:
+    """How many requests wait for a worker, shared with every worker thread and process.
+
+    A worker that has just answered a request may keep its connection for the
+    next one (see :func:`fileshare.connection.serve_while_ready`), but only while
+    nobody else waits: this is how it knows.  One writer at a time (the pool's
+    dispatcher, under its own lock); workers read it without a lock, since a
+    word-sized read is atomic and a stale value costs at most one request's wait.
+    """
+
+    def __init__(self, mp_context: Any = None) -> None:
+        ctx = mp_context or multiprocessing.get_context("fork")
+        self._waiting = ctx.RawValue("q", 0)
+        self._draining = ctx.RawValue("b", 0)      # a stop began: every worker gives its connection back
+
+    def set_waiting(self, queued: int, busy: int, workers: int) -> None:
+        """``queued`` requests wait for a worker, ``busy`` of the ``workers`` hold a connection.
+        A request an idle worker is about to take waits for no one's connection to be given back."""
+        self._waiting.value = max(0, queued + busy - workers)
+
+    def drain(self) -> None:
+        self._draining.value = 1
+
+    def others_waiting(self) -> bool:
+        """True when a worker should give its connection back rather than keep it."""
+        return self._waiting.value != 0 or self._draining.value != 0
+
+
 @dataclass
 class ServerContext:
     """Everything a worker needs; picklable into a worker process at its start."""
@@ -93,3 +121,4 @@ class ServerContext:
     temp_tag: str              # marks this server's temporary upload files
     counters: RequestCounters
     get_key: str = "data_file"    # the GET reply's content key (--get-key)
+    demand: Demand = field(default_factory=Demand)

@@ -64,3 +64,20 @@ class ReceiveFloorQuickTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SmallRequestsQuickTests(unittest.TestCase):
+    def test_quick_run_prints_every_case_and_the_targets(self):
+        proc = subprocess.run([sys.executable, str(script_path("bench/small_requests.py")), "--quick",
+                               "--connections", "5"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        out = proc.stdout
+        for mode in ("keep-alive", "per-connection"):
+            for request in ("LIST", "GET 1 KiB"):
+                for server in ("reference", "thread", "process"):
+                    row = re.search(rf"^{mode}\s+{request}\s+5\s+{server}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+0$",
+                                    out, re.MULTILINE)
+                    self.assertIsNotNone(row, f"no row for {mode}, {request}, {server} in:\n{out}")
+                    self.assertTrue(all(float(x) > 0 for x in row.groups()), row.group(0))
+        self.assertRegex(out, r"5 keep-alive connections, LIST: process / thread \d")
+        self.assertRegex(out, r"5 keep-alive connections, GET 1 KiB: process / thread \d")

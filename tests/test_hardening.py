@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from unittest import mock
 
 from tests.support import TERMINATOR, ConnectionClosedEarly, build, decode_reply, trickle_until_closed, wait_until
-from tests.test_idle import IdleTestsMixin
+from tests.test_idle import IdleFixtures
 from tests.test_servers import OLD
 
 from fileshare import connection, handoff
@@ -233,7 +233,9 @@ class HandBackOrderTests(unittest.TestCase):
         with socket.create_server(("127.0.0.1", 0)) as listener:
             served, client = tcp_pair(listener)
         self.addCleanup(client.close)
-        worker = threading.Thread(target=handoff.give_back, args=(server.path, served, b""), daemon=True)
+        token = server.offer(served, build("LIST"))
+        claimed, _ = handoff.claim(server.path, token)
+        worker = threading.Thread(target=handoff.give_back, args=(server.path, claimed, token, b""), daemon=True)
         worker.start()
         self.assertTrue(in_loop.wait(10), "the connection never reached the loop")
         worker.join(0.5)            # long enough for an acknowledgement sent too early to arrive
@@ -244,16 +246,8 @@ class HandBackOrderTests(unittest.TestCase):
         self.assertFalse(worker.is_alive())
 
 
-class ServerPromisesMixin:
+class ServerPromisesMixin(IdleFixtures):
     """Both servers: what a client sends is answered or counted, whatever its timing."""
-
-    KIND = ""
-    # The idle tests' fixtures, without their tests.
-    setUp = IdleTestsMixin.setUp
-    start_server = IdleTestsMixin.start_server
-    put = IdleTestsMixin.put
-    crowd = IdleTestsMixin.crowd
-    stats = IdleTestsMixin.stats
 
     def test_a_pause_inside_the_terminator_keeps_the_connection_in_step(self) -> None:
         server = self.start_server(workers=2)

@@ -78,7 +78,9 @@ class SansIOTests(unittest.TestCase):
         self.assertEqual(requests_begun(b"LIST\r\n\r\nSTATSX"), 2)
 
 
-class IdleTestsMixin:
+class IdleFixtures:
+    """A server of kind KIND serving a folder with one file; crowds of connections; STATS."""
+
     KIND = ""
     # The servers' tests' fixtures, without their tests.
     start_server = ServerTestsMixin.start_server
@@ -97,6 +99,9 @@ class IdleTestsMixin:
 
     def stats(self, server: RunningServer) -> dict:
         return send_command(server, "STATS")["data"]
+
+
+class IdleTestsMixin(IdleFixtures):
 
     # ------------------------------------------------------------------ crowds
 

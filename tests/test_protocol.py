@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import random
+import sys
 import unittest
 
 from fileshare import protocol
@@ -237,6 +238,15 @@ class ValidateNameTests(unittest.TestCase):
             with self.subTest(name=name):
                 with self.assertRaises(ProtocolError):
                     validate_name(name)
+
+    def test_control_characters_are_exactly_unicode_category_cc(self):
+        import unicodedata
+        control = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cc")
+        for ch in control:
+            with self.assertRaises(ProtocolError, msg=hex(ord(ch))):
+                validate_name(f"a{ch}b")
+        for ch in map(chr, (0x20, 0x7e, 0xa0, 0x200b, 0xfeff, 0x1f600)):    # neighbours and lookalikes
+            self.assertEqual(validate_name(f"a{ch}b"), f"a{ch}b")
 
     def test_rejects_unencodable_surrogate(self):
         with self.assertRaises(ProtocolError):
