@@ -653,10 +653,13 @@ def write_report(run: Run, markdown: Path, chart: Path) -> None:
 
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
-    """Short distinct names: the file names without .jsonl, with the folder when two are alike."""
+    """Short distinct names: the file names without .jsonl, with the folder when two are alike.
+
+    The folder is the one the path names, not the absolute one: a file named without a folder
+    keeps its bare name, so no label carries where this checkout happens to live."""
     labels = [r.path.stem for r in runs]
     if len(set(labels)) < len(labels):
-        labels = [f"{r.path.stem} ({r.path.resolve().parent.name})" for r in runs]
+        labels = [f"{r.path.stem} ({r.path.parent.name})" if r.path.parent.name else r.path.stem for r in runs]
     if len(set(labels)) < len(labels):
         labels = [f"{i + 1}:{label}" for i, label in enumerate(labels)]
     return labels
